@@ -1,0 +1,357 @@
+"""One FastAGI session (one call) over an asyncio stream, with a deadline on every read.
+
+Rules it keeps (DESIGN.md §3, §5):
+
+* every command has a deadline; a command that timed out, was cancelled or met a protocol error
+  leaves the stream out of step, so the session is marked broken and refuses further commands;
+* ``HANGUP`` lines are consumed wherever they come (before or after a reply, twice) and only set
+  `hung_up`; a ``511`` once HANGUP was seen raises `AgiHangup`;
+* `close` always closes the socket: Asterisk never does, and a lingering session keeps the
+  channel (and its CDR) alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from typing import Final
+
+from callgate.agi.codec import (
+    HANGUP,
+    AgiEnv,
+    AgiReply,
+    ReplyReader,
+    decode_line,
+    encode_command,
+    parse_header_block,
+)
+from callgate.agi.errors import (
+    AgiCommandError,
+    AgiHangup,
+    AgiProtocolError,
+    AgiTimeout,
+)
+
+__all__ = [
+    "DEFAULT_COMMAND_TIMEOUT_MS",
+    "DEFAULT_HEADER_TIMEOUT_MS",
+    "MAX_HEADER_LINES",
+    "MAX_LINE_BYTES",
+    "PLAYBACK_TIMEOUT_MS",
+    "AgiSession",
+    "UniqueidLogFilter",
+    "close_writer",
+    "current_uniqueid",
+    "read_header_block",
+]
+
+log = logging.getLogger(__name__)
+
+#: The uniqueid of the call the current task serves ("-" outside a call), for logging.
+current_uniqueid: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "callgate_agi_uniqueid", default="-"
+)
+
+#: StreamReader limit to use for AGI sockets: the longest line accepted.
+MAX_LINE_BYTES: Final = 8192
+MAX_HEADER_LINES: Final = 256
+DEFAULT_HEADER_TIMEOUT_MS: Final = 5_000
+DEFAULT_COMMAND_TIMEOUT_MS: Final = 10_000
+#: Default deadline of commands that play sound (STREAM FILE, SAY NUMBER).
+PLAYBACK_TIMEOUT_MS: Final = 120_000
+_CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class UniqueidLogFilter(logging.Filter):
+    """Stamps ``record.uniqueid`` from `current_uniqueid` (install it on a handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.uniqueid = current_uniqueid.get()
+        return True
+
+
+async def _read_line(reader: asyncio.StreamReader, what: str) -> bytes:
+    """One LF-terminated line. EOF -> `AgiProtocolError` (``.eof`` is set on it)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        detail = f" after {len(exc.partial)} bytes of a line" if exc.partial else ""
+        error = AgiProtocolError(f"peer closed the connection while reading {what}{detail}")
+        raise error from exc
+    except asyncio.LimitOverrunError as exc:
+        raise AgiProtocolError(
+            f"line too long while reading {what} (> {exc.consumed} bytes)"
+        ) from exc
+
+
+async def read_header_block(
+    reader: asyncio.StreamReader,
+    *,
+    timeout_ms: int = DEFAULT_HEADER_TIMEOUT_MS,
+    max_lines: int = MAX_HEADER_LINES,
+) -> bytes:
+    """Read the header block up to and including its empty line, within ``timeout_ms``.
+
+    The line length is capped by the reader's ``limit``, the line count by ``max_lines``.
+    Raises `AgiTimeout` or `AgiProtocolError` (EOF, too many or too long lines).
+    """
+    lines: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            while True:
+                line = await _read_line(reader, "the header block")
+                if line in (b"\n", b"\r\n"):
+                    lines.append(line)
+                    return b"".join(lines)
+                if len(lines) >= max_lines:
+                    raise AgiProtocolError(f"header block longer than {max_lines} lines")
+                lines.append(line)
+    except TimeoutError as exc:
+        raise AgiTimeout(
+            f"header block not complete after {timeout_ms} ms ({len(lines)} lines)"
+        ) from exc
+
+
+class AgiSession:
+    """One call's FastAGI conversation. Build it with `open` (reads the header) or directly
+    with an already parsed `AgiEnv`. Commands are serialised; each has a deadline."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        env: AgiEnv,
+        *,
+        command_timeout_ms: int = DEFAULT_COMMAND_TIMEOUT_MS,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.env = env
+        self.command_timeout_ms = command_timeout_ms
+        self._parser = ReplyReader()
+        self._lock = asyncio.Lock()
+        self._broken: str | None = None
+        self._closed = False
+        self.hung_up = False
+        #: `time.monotonic()` when the first HANGUP line was read, else None.
+        self.hung_up_at: float | None = None
+        self.commands_sent = 0
+
+    @classmethod
+    async def open(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        header_timeout_ms: int = DEFAULT_HEADER_TIMEOUT_MS,
+        command_timeout_ms: int = DEFAULT_COMMAND_TIMEOUT_MS,
+        max_header_lines: int = MAX_HEADER_LINES,
+    ) -> AgiSession:
+        """Read and parse the header block, then return the session. Does not close the
+        writer on error: the caller owns it."""
+        block = await read_header_block(
+            reader, timeout_ms=header_timeout_ms, max_lines=max_header_lines
+        )
+        env = parse_header_block(block)
+        return cls(reader, writer, env, command_timeout_ms=command_timeout_ms)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def uniqueid(self) -> str:
+        return self.env.uniqueid
+
+    @property
+    def broken(self) -> bool:
+        """True once a command failed in a way that leaves the stream out of step."""
+        return self._broken is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _mark_hangup(self) -> None:
+        if not self.hung_up:
+            self.hung_up = True
+            self.hung_up_at = time.monotonic()
+            log.debug("HANGUP received on %s", self.env.channel)
+
+    # ------------------------------------------------------------------ core
+
+    async def command(
+        self, command: str, *args: str | int, timeout_ms: int | None = None
+    ) -> AgiReply:
+        """Send one command and return its final 200 reply.
+
+        Raises `AgiHangup` (511 after HANGUP, or EOF after HANGUP), `AgiCommandError` (510, 511,
+        520 with usage, other 5xx), `AgiTimeout` (deadline: ``timeout_ms`` or the session's
+        ``command_timeout_ms``; the session is broken afterwards), `AgiProtocolError`
+        (malformed reply, EOF, broken or closed session). `ValueError` for an argument holding
+        CR/LF/NUL (nothing is sent).
+        """
+        line = encode_command(command, *args)
+        text = line[:-1].decode("utf-8")
+        deadline_ms = self.command_timeout_ms if timeout_ms is None else timeout_ms
+        async with self._lock:
+            if self._closed:
+                raise AgiProtocolError(f"session is closed; cannot send {text!r}")
+            if self._broken is not None:
+                raise AgiProtocolError(f"session is broken ({self._broken}); cannot send {text!r}")
+            in_flight = True
+            try:
+                async with asyncio.timeout(deadline_ms / 1000):
+                    self._writer.write(line)
+                    self.commands_sent += 1
+                    await self._writer.drain()
+                    reply = await self._read_reply(text)
+                in_flight = False
+            except TimeoutError as exc:
+                self._broken = f"{text!r} timed out after {deadline_ms} ms"
+                raise AgiTimeout(f"no reply to {text!r} within {deadline_ms} ms") from exc
+            except ConnectionError as exc:
+                self._broken = f"connection lost during {text!r}"
+                if self.hung_up:
+                    raise AgiHangup("connection lost after HANGUP", command=text) from exc
+                raise AgiProtocolError(f"connection lost during {text!r}: {exc}") from exc
+            finally:
+                if in_flight and self._broken is None:
+                    # Cancelled or a protocol error: the reply may still come; never reuse.
+                    self._broken = f"{text!r} did not complete"
+        return self._check(reply, text)
+
+    async def _read_reply(self, text: str) -> AgiReply:
+        while True:
+            try:
+                raw = await _read_line(self._reader, f"the reply to {text!r}")
+            except AgiProtocolError as exc:
+                if self.hung_up and self._reader.at_eof():
+                    raise AgiHangup(
+                        "peer closed the connection after HANGUP", command=text
+                    ) from exc
+                raise
+            event = self._parser.feed(decode_line(raw))
+            if event is HANGUP:
+                self._mark_hangup()
+            elif event is not None:
+                return event
+
+    def _check(self, reply: AgiReply, text: str) -> AgiReply:
+        if reply.code == 200:
+            return reply
+        if reply.code == 511 and self.hung_up:
+            raise AgiHangup("command needs a live channel", command=text)
+        raise AgiCommandError(reply.code, reply.text, reply.usage, command=text)
+
+    # ------------------------------------------------------------------ convenience
+
+    async def answer(self) -> None:
+        """ANSWER the channel. Raises `AgiHangup` when Asterisk could not (result -1)."""
+        reply = await self.command("ANSWER")
+        if reply.result == -1:
+            raise AgiHangup("ANSWER failed", command="ANSWER")
+
+    async def get_variable(self, name: str, *, timeout_ms: int | None = None) -> str | None:
+        """GET VARIABLE: the value, or None when the variable is not set (``result=0``)."""
+        reply = await self.command("GET VARIABLE", name, timeout_ms=timeout_ms)
+        if reply.result == 1:
+            return reply.data if reply.data is not None else ""
+        return None
+
+    async def get_full_variable(self, expr: str, *, timeout_ms: int | None = None) -> str | None:
+        """GET FULL VARIABLE: the expansion of ``expr`` (``${...}`` expressions), or None."""
+        reply = await self.command("GET FULL VARIABLE", expr, timeout_ms=timeout_ms)
+        if reply.result == 1:
+            return reply.data if reply.data is not None else ""
+        return None
+
+    async def set_variable(self, name: str, value: str | int) -> None:
+        """SET VARIABLE (also dialplan functions: ``CDR(x)``, ``SHARED(X)``)."""
+        await self.command("SET VARIABLE", name, value)
+
+    async def exec(self, app: str, args: str = "", *, timeout_ms: int | None = None) -> int:
+        """EXEC an application with ``args`` sent as ONE argument (Asterisk only passes argv[2]
+        to the application). Asterisk does not expand ``${...}`` in it. Returns the application's
+        result: for Dial ``0`` (BUSY, CONGESTION, NOANSWER, CANCEL, caller alive) or ``-1``
+        (a bridged call ended); ``-2`` means no such application. EXEC Dial blocks for the
+        whole call: pass a ``timeout_ms`` longer than the longest call."""
+        reply = await self.command("EXEC", app, args, timeout_ms=timeout_ms)
+        if reply.result is None:
+            raise AgiProtocolError(f"EXEC {app} reply without an integer result: {reply.lines}")
+        return reply.result
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        await self.command("VERBOSE", message, level)
+
+    async def get_data(
+        self,
+        prompt: str,
+        timeout_ms: int,
+        max_digits: int,
+        *,
+        deadline_ms: int | None = None,
+    ) -> tuple[str, bool]:
+        """GET DATA: play ``prompt`` and collect up to ``max_digits`` DTMF digits.
+
+        Returns ``(digits, timed_out)``; digits keep leading zeros. ``timeout_ms`` is Asterisk's
+        inter-digit timeout; the command deadline (``deadline_ms``) defaults to the session's
+        command timeout plus one ``timeout_ms`` per digit plus 60 s for the prompt. A ``-1``
+        result (prompt failed or channel gone) raises `AgiHangup` after HANGUP, else
+        `AgiCommandError`."""
+        if deadline_ms is None:
+            deadline_ms = self.command_timeout_ms + timeout_ms * (max_digits + 1) + 60_000
+        reply = await self.command(
+            "GET DATA", prompt, timeout_ms, max_digits, timeout_ms=deadline_ms
+        )
+        if reply.result == -1:
+            if self.hung_up:
+                raise AgiHangup("GET DATA failed", command=f"GET DATA {prompt}")
+            raise AgiCommandError(200, "GET DATA failed (result=-1)", command=f"GET DATA {prompt}")
+        digits = reply.result_text
+        if not digits.isdigit():
+            digits = "".join(c for c in digits if c.isdigit() or c in "*#")
+        return digits, reply.data == "timeout"
+
+    async def stream_file(
+        self, name: str, escape_digits: str = "", *, timeout_ms: int = PLAYBACK_TIMEOUT_MS
+    ) -> int:
+        """STREAM FILE: 0 when played, the ASCII code of the digit that stopped it, -1 on
+        failure (missing file)."""
+        reply = await self.command("STREAM FILE", name, escape_digits, timeout_ms=timeout_ms)
+        return reply.result if reply.result is not None else -1
+
+    async def say_number(
+        self, number: int, escape_digits: str = "", *, timeout_ms: int = PLAYBACK_TIMEOUT_MS
+    ) -> int:
+        reply = await self.command("SAY NUMBER", number, escape_digits, timeout_ms=timeout_ms)
+        return reply.result if reply.result is not None else -1
+
+    async def hangup(self) -> None:
+        """HANGUP the channel (Asterisk answers ``200 result=1`` then sends a HANGUP line).
+        The socket stays open until `close`."""
+        await self.command("HANGUP")
+
+    async def close(self) -> None:
+        """Close the socket (idempotent, never raises a network error). Always call it: Asterisk
+        never closes a FastAGI socket itself."""
+        if self._closed:
+            return
+        self._closed = True
+        await close_writer(self._writer)
+
+    async def __aenter__(self) -> AgiSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream writer and wait (bounded) for the transport to go."""
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        log.debug("closing AGI socket: %r", exc)
