@@ -20,7 +20,7 @@ MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)  # Decimal("0.00001")
 MONEY_LIMIT = Decimal(10) ** 12
 
 # Plain decimal notation only: no exponent, no NaN/Infinity, no thousands separators.
-_MONEY_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_MONEY_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def quantize_money(value: Decimal) -> Decimal:
