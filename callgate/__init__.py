@@ -1,1 +1,3 @@
+"""callgate: call control and real-time billing for Asterisk."""
 
+__version__ = "0.1.0"

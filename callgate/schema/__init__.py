@@ -1,1 +1,1 @@
-
+"""The one schema (SQLAlchemy Core) and its Alembic migrations."""

@@ -1,0 +1,72 @@
+"""The ``callgate`` command: the root group and its global options."""
+
+from __future__ import annotations
+
+import logging.config
+from typing import Any
+
+import click
+
+from callgate import __version__
+from callgate.cli import config_cmd, db
+from callgate.cli._common import AppContext
+from callgate.config import SettingsError, load_settings
+
+
+def configure_logging(level: str) -> None:
+    """The one logging configuration (only the CLI configures logging)."""
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            },
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "plain",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "loggers": {"alembic": {"level": "WARNING"}},
+            "root": {"level": level.upper(), "handlers": ["stderr"]},
+        }
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="callgate")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $CALLGATE_CONFIG).",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Database URL (env CALLGATE_DATABASE_URL; default sqlite+aiosqlite:///callgate.db).",
+)
+@click.option("--log-level", default=None, help="Log level (env CALLGATE_LOG_LEVEL).")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_file: str | None, database_url: str | None, log_level: str | None
+) -> None:
+    """callgate: call control and real-time billing for Asterisk."""
+    overrides: dict[str, Any] = {"database_url": database_url, "log_level": log_level}
+    try:
+        settings = load_settings(config_file=config_file, overrides=overrides)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    configure_logging(settings.log_level)
+    ctx.obj = AppContext(settings=settings)
+
+
+cli.add_command(config_cmd.config)
+cli.add_command(db.db)
+
+
+def main() -> None:
+    cli(prog_name="callgate")

@@ -1,0 +1,263 @@
+"""Settings: one frozen object, built once by the CLI and passed down.
+
+Precedence, highest first: command-line flags > environment (``CALLGATE_*``) > a TOML file >
+defaults. Library code never reads the environment or files; only :func:`load_settings` does,
+and only ``callgate.cli`` calls it.
+
+Names: a top-level field ``database_url`` is ``CALLGATE_DATABASE_URL`` in the environment and
+``database_url`` at the top of the TOML file; a nested field ``agi.port`` is ``CALLGATE_AGI_PORT``
+and ``port`` under ``[agi]``. Secrets (passwords, the AMI secret, the password in a database URL)
+are held in :class:`Secret` or masked by :func:`mask_url`, so that printing settings never leaks
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "CALLGATE_"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callgate.db"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret string whose repr and str never show the value."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "********" if self.value else ""
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self.value else "Secret('')"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``********``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:********@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class AgiSettings:
+    """The FastAGI server."""
+
+    host: str = "127.0.0.1"
+    port: int = 4573
+    allow: tuple[str, ...] = ()  # Asterisk addresses or CIDRs allowed to connect; empty = any
+    max_sessions: int = 5000
+    header_timeout_ms: int = 5000
+    command_timeout_ms: int = 10000
+    drain_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class AmiSettings:
+    """The Asterisk Manager Interface connection."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "callgate"
+    secret: Secret = Secret("")
+    md5: bool = True
+    ping_interval_seconds: int = 20
+    reconnect_max_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    """Call control and billing policy."""
+
+    account_number_length: int = 10
+    timezone: str = "UTC"  # the operator's zone: rate week windows, CDR days
+    international_prefixes: tuple[str, ...] = ("011", "00")
+    dial_ring_seconds: int = 60
+    dial_warning_seconds: int = 30  # L(limit:warn:repeat): warn this long before the end
+    dial_warning_repeat_seconds: int = 0
+    reservation_grace_seconds: int = 120
+    max_call_seconds: int = 36000
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything callgate reads from its configuration."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    log_level: str = "INFO"
+    agi: AgiSettings = AgiSettings()
+    ami: AmiSettings = AmiSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    billing: BillingSettings = BillingSettings()
+
+    def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        """Plain values for printing; secrets masked unless ``reveal``."""
+        return _to_dict(self, reveal=reveal)
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(Settings) if dataclasses.is_dataclass(f.default)}
+
+
+def _to_dict(obj: Any, *, reveal: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, Secret):
+            out[f.name] = _to_dict(value, reveal=reveal)
+        elif isinstance(value, Secret):
+            out[f.name] = value.value if reveal else str(value)
+        elif f.name == "database_url" and not reveal:
+            out[f.name] = mask_url(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(name: str, raw: Any, target: Any) -> Any:
+    """Convert a TOML or environment value to the field's type, or raise SettingsError."""
+    origin = typing.get_origin(target)
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if target is int:
+            if isinstance(raw, bool):
+                raise ValueError(f"not an integer: {raw!r}")
+            return int(raw)
+        if target is str:
+            return str(raw)
+        if target is Secret:
+            return raw if isinstance(raw, Secret) else Secret(str(raw))
+        if origin is tuple:
+            if isinstance(raw, str):
+                items = [p.strip() for p in raw.split(",") if p.strip()]
+            elif isinstance(raw, list | tuple):
+                items = [str(p) for p in raw]
+            else:
+                raise ValueError(f"not a list: {raw!r}")
+            return tuple(items)
+        if isinstance(target, types.UnionType):  # pragma: no cover - no such field yet
+            return raw
+    except ValueError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from exc
+    raise SettingsError(f"setting {name}: unsupported type {target!r}")  # pragma: no cover
+
+
+def _apply(base: Any, values: Mapping[str, Any], where: str) -> Any:
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(base)}
+    for key, raw in values.items():
+        if key not in names:
+            raise SettingsError(f"{where}: unknown setting {key!r}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, Secret):
+            if not isinstance(raw, Mapping):
+                raise SettingsError(f"{where}: {key} must be a table")
+            changes[key] = _apply(current, raw, f"{where} [{key}]")
+        else:
+            changes[key] = _coerce(key, raw, _field_type(type(base), key))
+    return dataclasses.replace(base, **changes)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """CALLGATE_* variables as a nested mapping; unknown names are ignored (CALLGATE_CONFIG...)."""
+    out: dict[str, Any] = {}
+    top = {f.name for f in dataclasses.fields(Settings)} - _SECTIONS
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in top:
+            out[key] = value
+            continue
+        section, _, rest = key.partition("_")
+        if section in _SECTIONS and rest:
+            sub = getattr(Settings(), section)
+            if rest in {f.name for f in dataclasses.fields(sub)}:
+                out.setdefault(section, {})[rest] = value
+    return out
+
+
+def load_settings(
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < TOML file < environment < ``overrides`` (the flags).
+
+    ``config_file`` defaults to ``$CALLGATE_CONFIG`` when set; a named file that does not exist is
+    an error. ``overrides`` is nested like the TOML file; ``None`` values are ignored.
+    """
+    env = os.environ if environ is None else environ
+    settings: Settings = Settings()
+    path = config_file or env.get("CALLGATE_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file not found: {p}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {p}: {exc}") from exc
+        settings = typing.cast(Settings, _apply(settings, data, str(p)))
+    settings = typing.cast(Settings, _apply(settings, _env_values(env), "environment"))
+    if overrides:
+        settings = typing.cast(Settings, _apply(settings, _drop_none(overrides), "flags"))
+    return settings
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

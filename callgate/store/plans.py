@@ -1,0 +1,379 @@
+"""Call plans, rate tables, rates and trunks: the routing and pricing data.
+
+One call plan has many rate tables (with a priority), one rate table has many rates. A change to a
+table's rates bumps its ``version``, which is how a running server knows to rebuild that table's
+in-memory index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from callgate.schema.tables import (
+    EnabledStatus,
+    RoutingMode,
+    TrunkTechnology,
+    call_plan_rate_tables,
+    call_plans,
+    rate_tables,
+    rates,
+    trunks,
+)
+from callgate.store._errors_map import mapped_errors
+from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    id: int
+    name: str
+    technology: TrunkTechnology
+    peer: str
+    dial_prefix: str
+    strip_digits: int
+    dial_options: str
+    failover_trunk_id: int | None
+    channel_limit: int | None
+    status: EnabledStatus
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlanRow:
+    id: int
+    name: str
+    routing_mode: RoutingMode
+    max_call_seconds: int
+    remove_international_prefix: bool
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateTableRow:
+    id: int
+    name: str
+    trunk_id: int | None
+    record_calls: bool
+    description: str
+    version: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanTableLink:
+    rate_table_id: int
+    rate_table: str
+    priority: int
+
+
+def _trunk(row: Any) -> Trunk:
+    m = row._mapping
+    return Trunk(
+        id=m["id"],
+        name=m["name"],
+        technology=TrunkTechnology(m["technology"]),
+        peer=m["peer"],
+        dial_prefix=m["dial_prefix"],
+        strip_digits=m["strip_digits"],
+        dial_options=m["dial_options"],
+        failover_trunk_id=m["failover_trunk_id"],
+        channel_limit=m["channel_limit"],
+        status=EnabledStatus(m["status"]),
+    )
+
+
+def _plan(row: Any) -> CallPlanRow:
+    m = row._mapping
+    return CallPlanRow(
+        id=m["id"],
+        name=m["name"],
+        routing_mode=RoutingMode(m["routing_mode"]),
+        max_call_seconds=m["max_call_seconds"],
+        remove_international_prefix=bool(m["remove_international_prefix"]),
+        description=m["description"],
+    )
+
+
+def _table(row: Any) -> RateTableRow:
+    m = row._mapping
+    return RateTableRow(
+        id=m["id"],
+        name=m["name"],
+        trunk_id=m["trunk_id"],
+        record_calls=bool(m["record_calls"]),
+        description=m["description"],
+        version=m["version"],
+        updated_at=m["updated_at"],
+    )
+
+
+# --- trunks -------------------------------------------------------------------------------------
+
+
+async def create_trunk(
+    conn: AsyncConnection,
+    *,
+    name: str,
+    technology: TrunkTechnology | str,
+    peer: str,
+    dial_prefix: str = "",
+    strip_digits: int = 0,
+    dial_options: str = "",
+    failover: str | None = None,
+    channel_limit: int | None = None,
+    status: EnabledStatus | str = EnabledStatus.ACTIVE,
+) -> Trunk:
+    try:
+        tech = TrunkTechnology(technology)
+    except ValueError as exc:
+        allowed = ", ".join(t.value for t in TrunkTechnology)
+        raise InvalidDataError(f"unknown technology {technology!r} (one of {allowed})") from exc
+    failover_id = (await fetch_trunk(conn, failover)).id if failover else None
+    async with mapped_errors(f"trunk {name}"):
+        if await conn.scalar(select(trunks.c.id).where(trunks.c.name == name)) is not None:
+            raise ConflictError(f"trunk {name!r} exists")
+        row = (
+            await conn.execute(
+                insert(trunks)
+                .values(
+                    name=name,
+                    technology=tech.value,
+                    peer=peer,
+                    dial_prefix=dial_prefix,
+                    strip_digits=strip_digits,
+                    dial_options=dial_options,
+                    failover_trunk_id=failover_id,
+                    channel_limit=channel_limit,
+                    status=str(status),
+                )
+                .returning(trunks)
+            )
+        ).one()
+        return _trunk(row)
+
+
+async def fetch_trunk(conn: AsyncConnection, name: str) -> Trunk:
+    row = (await conn.execute(select(trunks).where(trunks.c.name == name))).first()
+    if row is None:
+        raise NotFoundError(f"no trunk named {name!r}")
+    return _trunk(row)
+
+
+async def list_trunks(conn: AsyncConnection) -> list[Trunk]:
+    return [_trunk(r) for r in await conn.execute(select(trunks).order_by(trunks.c.name))]
+
+
+async def update_trunk(conn: AsyncConnection, name: str, **changes: Any) -> Trunk:
+    """Change a trunk's fields (``failover`` takes a trunk name, or "" to clear it)."""
+    current = await fetch_trunk(conn, name)
+    values: dict[str, Any] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key == "failover":
+            values["failover_trunk_id"] = (await fetch_trunk(conn, value)).id if value else None
+        elif key == "technology":
+            values[key] = TrunkTechnology(value).value
+        elif key == "status":
+            values[key] = EnabledStatus(value).value
+        elif key in {"peer", "dial_prefix", "strip_digits", "dial_options", "channel_limit"}:
+            values[key] = value
+        else:
+            raise InvalidDataError(f"unknown trunk field {key!r}")
+    if values:
+        async with mapped_errors(f"trunk {name}"):
+            await conn.execute(update(trunks).where(trunks.c.id == current.id).values(**values))
+    return await fetch_trunk(conn, name)
+
+
+# --- call plans and rate tables ------------------------------------------------------------------
+
+
+async def create_call_plan(
+    conn: AsyncConnection,
+    *,
+    name: str,
+    routing_mode: RoutingMode | str = RoutingMode.LCR,
+    max_call_seconds: int = 36000,
+    remove_international_prefix: bool = True,
+    description: str = "",
+) -> CallPlanRow:
+    mode = RoutingMode(routing_mode)
+    if max_call_seconds <= 0:
+        raise InvalidDataError("max_call_seconds must be positive")
+    async with mapped_errors(f"call plan {name}"):
+        if await conn.scalar(select(call_plans.c.id).where(call_plans.c.name == name)):
+            raise ConflictError(f"call plan {name!r} exists")
+        row = (
+            await conn.execute(
+                insert(call_plans)
+                .values(
+                    name=name,
+                    routing_mode=mode.value,
+                    max_call_seconds=max_call_seconds,
+                    remove_international_prefix=remove_international_prefix,
+                    description=description,
+                )
+                .returning(call_plans)
+            )
+        ).one()
+        return _plan(row)
+
+
+async def fetch_call_plan(conn: AsyncConnection, name_or_id: str | int) -> CallPlanRow:
+    column = call_plans.c.id if isinstance(name_or_id, int) else call_plans.c.name
+    row = (await conn.execute(select(call_plans).where(column == name_or_id))).first()
+    if row is None:
+        raise NotFoundError(f"no call plan {name_or_id!r}: configure the call plan first")
+    return _plan(row)
+
+
+async def list_call_plans(conn: AsyncConnection) -> list[CallPlanRow]:
+    return [_plan(r) for r in await conn.execute(select(call_plans).order_by(call_plans.c.name))]
+
+
+async def create_rate_table(
+    conn: AsyncConnection,
+    *,
+    name: str,
+    trunk: str | None = None,
+    record_calls: bool = False,
+    description: str = "",
+) -> RateTableRow:
+    trunk_id = (await fetch_trunk(conn, trunk)).id if trunk else None
+    async with mapped_errors(f"rate table {name}"):
+        if await conn.scalar(select(rate_tables.c.id).where(rate_tables.c.name == name)):
+            raise ConflictError(f"rate table {name!r} exists")
+        row = (
+            await conn.execute(
+                insert(rate_tables)
+                .values(
+                    name=name, trunk_id=trunk_id, record_calls=record_calls, description=description
+                )
+                .returning(rate_tables)
+            )
+        ).one()
+        return _table(row)
+
+
+async def fetch_rate_table(conn: AsyncConnection, name_or_id: str | int) -> RateTableRow:
+    column = rate_tables.c.id if isinstance(name_or_id, int) else rate_tables.c.name
+    row = (await conn.execute(select(rate_tables).where(column == name_or_id))).first()
+    if row is None:
+        raise NotFoundError(f"no rate table {name_or_id!r}")
+    return _table(row)
+
+
+async def list_rate_tables(conn: AsyncConnection) -> list[RateTableRow]:
+    query = select(rate_tables).order_by(rate_tables.c.name)
+    return [_table(r) for r in await conn.execute(query)]
+
+
+async def attach_rate_table(
+    conn: AsyncConnection, plan: str, table: str, *, priority: int = 1
+) -> None:
+    """Add a rate table to a call plan (or change its priority: lower is preferred)."""
+    if priority < 0:
+        raise InvalidDataError("priority must be >= 0")
+    plan_row = await fetch_call_plan(conn, plan)
+    table_row = await fetch_rate_table(conn, table)
+    async with mapped_errors(f"attach {table} to {plan}"):
+        where = (call_plan_rate_tables.c.call_plan_id == plan_row.id) & (
+            call_plan_rate_tables.c.rate_table_id == table_row.id
+        )
+        exists = await conn.scalar(
+            select(func.count()).select_from(call_plan_rate_tables).where(where)
+        )
+        if exists:
+            await conn.execute(update(call_plan_rate_tables).where(where).values(priority=priority))
+        else:
+            await conn.execute(
+                insert(call_plan_rate_tables).values(
+                    call_plan_id=plan_row.id, rate_table_id=table_row.id, priority=priority
+                )
+            )
+
+
+async def detach_rate_table(conn: AsyncConnection, plan: str, table: str) -> None:
+    plan_row = await fetch_call_plan(conn, plan)
+    table_row = await fetch_rate_table(conn, table)
+    result = await conn.execute(
+        delete(call_plan_rate_tables).where(
+            (call_plan_rate_tables.c.call_plan_id == plan_row.id)
+            & (call_plan_rate_tables.c.rate_table_id == table_row.id)
+        )
+    )
+    if result.rowcount == 0:
+        raise NotFoundError(f"rate table {table!r} is not in call plan {plan!r}")
+
+
+async def plan_tables(conn: AsyncConnection, plan_id: int) -> list[PlanTableLink]:
+    """The rate tables of a call plan, by priority."""
+    query = (
+        select(rate_tables.c.id, rate_tables.c.name, call_plan_rate_tables.c.priority)
+        .join(call_plan_rate_tables, call_plan_rate_tables.c.rate_table_id == rate_tables.c.id)
+        .where(call_plan_rate_tables.c.call_plan_id == plan_id)
+        .order_by(call_plan_rate_tables.c.priority, rate_tables.c.name)
+    )
+    return [PlanTableLink(r.id, r.name, r.priority) for r in await conn.execute(query)]
+
+
+# --- rates ---------------------------------------------------------------------------------------
+
+RATE_COLUMNS = (
+    "prefix",
+    "destination",
+    "rate",
+    "connect_fee",
+    "disconnect_fee",
+    "disconnect_after",
+    "initial_block",
+    "increment",
+    "minimal_cost",
+    "buy_rate",
+    "buy_initial_block",
+    "buy_increment",
+    "trunk_id",
+    "valid_from",
+    "valid_to",
+    "week_start",
+    "week_end",
+)
+
+
+async def add_rates(
+    conn: AsyncConnection, table: str | int, rows: Iterable[Mapping[str, Any]]
+) -> int:
+    """Insert rates into a rate table and bump its version; returns how many were added."""
+    table_row = await fetch_rate_table(conn, table)
+    batch: list[dict[str, Any]] = []
+    count = 0
+    async with mapped_errors(f"rates of {table_row.name}"):
+        for row in rows:
+            unknown = set(row) - set(RATE_COLUMNS)
+            if unknown:
+                raise InvalidDataError(f"unknown rate field(s): {', '.join(sorted(unknown))}")
+            batch.append({"rate_table_id": table_row.id, **row})
+            if len(batch) >= 5000:
+                await conn.execute(insert(rates), batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            await conn.execute(insert(rates), batch)
+            count += len(batch)
+        await bump_table_version(conn, table_row.id)
+    return count
+
+
+async def bump_table_version(conn: AsyncConnection, table_id: int) -> None:
+    """Mark a rate table changed: servers rebuild its index when they see the new version."""
+    await conn.execute(
+        update(rate_tables)
+        .where(rate_tables.c.id == table_id)
+        .values(version=rate_tables.c.version + 1, updated_at=func.now())
+    )
