@@ -215,13 +215,19 @@ def test_disconnect_fee_threshold_stops_the_grant_before_it() -> None:
     assert max_duration(paid, D("1.30"), MAX_CALL) == 80
     # fee payable before the threshold, never after: the grant stops at threshold - 1
     assert max_duration(paid, D("0.10"), MAX_CALL) == 10
+    # with the fee not even the first block is affordable; without it, 30 s + 3 steps of 6 s
+    blocks = Rate(
+        "1", D("0.60"), initial_block=30, increment=6, disconnect_fee=D(1), disconnect_after=60
+    )
+    assert max_duration(blocks, D("0.50"), MAX_CALL) == 48
 
 
 def test_max_duration_absorbs_the_final_rounding() -> None:
     # Each step costs 0.0000101667 before rounding: the first rounds down to 0.00001.
     assert max_duration(per_min("0.00061"), D("0.00001"), MAX_CALL) == 1
     # More places in `available` than money has: the guess overshoots and steps back.
-    assert max_duration(per_min("0.00059"), D("0.0000099"), MAX_CALL) == 0
+    # 3 s cost 0.0000295 exactly, which rounds up to 0.00003 > 0.0000296: 2 s.
+    assert max_duration(per_min("0.00059"), D("0.0000296"), MAX_CALL) == 2
     assert max_duration(per_min("0.6"), D("0.0149999"), MAX_CALL) == 1
 
 
