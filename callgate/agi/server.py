@@ -153,6 +153,11 @@ class AgiServer:
             task.cancel()
         return len(live)
 
+    async def wait_idle(self) -> None:
+        """Wait until no session is live (new ones may start right after)."""
+        while live := [task for task in self._tasks if not task.done()]:
+            await asyncio.wait(live)
+
     async def wait_stopped(self) -> None:
         """Wait until `shutdown` completed (for a composition root that installed signals)."""
         await self._stopped.wait()
