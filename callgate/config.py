@@ -111,6 +111,15 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfgenSettings:
+    """Asterisk configuration generation (``callgate confgen``)."""
+
+    dir: str = "/etc/asterisk"  # where `confgen write` puts the generated includes
+    formats: tuple[str, ...] = ("pjsip", "iax")  # add "sip" for chan_sip (Asterisk <= 20)
+    database_url: str = ""  # the Realtime tables' database; empty = callgate's own
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything callgate reads from its configuration."""
 
@@ -120,6 +129,7 @@ class Settings:
     ami: AmiSettings = AmiSettings()
     metrics: MetricsSettings = MetricsSettings()
     billing: BillingSettings = BillingSettings()
+    confgen: ConfgenSettings = ConfgenSettings()
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         """Plain values for printing; secrets masked unless ``reveal``."""
