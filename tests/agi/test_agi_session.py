@@ -1,0 +1,371 @@
+"""AgiSession over real sockets: convenience methods against the Asterisk emulator, and the odd
+byte sequences (HANGUP twice, 100 Trying, EOF, long lines, cancellation) from a scripted peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from callgate.agi.client import (
+    AsteriskEmulator,
+    ChannelSpec,
+    FakeAsterisk,
+    build_header_block,
+)
+from callgate.agi.codec import AgiReply
+from callgate.agi.errors import (
+    AgiCommandError,
+    AgiError,
+    AgiHangup,
+    AgiProtocolError,
+    AgiTimeout,
+)
+from callgate.agi.server import AgiServer
+from callgate.agi.session import AgiSession, UniqueidLogFilter, current_uniqueid
+
+DEADLINE_S = 5.0
+Flow = Callable[[AgiSession], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(flow: Flow, *, command_timeout_ms: int = 2000) -> AsyncIterator[AgiServer]:
+    server = AgiServer({"call": flow}, port=0, command_timeout_ms=command_timeout_ms)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(1)
+
+
+# --------------------------------------------------------------------------- convenience methods
+
+
+async def test_convenience_methods_against_the_emulator() -> None:
+    got: dict[str, object] = {}
+    tricky = 'value "with" quotes\\ back\\slash and (parens) '
+
+    async def flow(s: AgiSession) -> None:
+        await s.answer()
+        got["unset"] = await s.get_variable("UNSET")
+        await s.set_variable("MYVAR", tricky)
+        got["myvar"] = await s.get_variable("MYVAR")
+        await s.set_variable("EMPTY", "")
+        got["empty"] = await s.get_variable("EMPTY")
+        got["now"] = await s.get_full_variable("${STRFTIME(,,%s%3q)}")
+        got["full"] = await s.get_full_variable("${CALLERID(num)}/${MYVAR}")
+        got["pin"] = await s.get_data("enter-pin", 3000, 6)
+        got["nothing"] = await s.get_data("enter-pin", 3000, 6)
+        got["stream"] = await s.stream_file("beep", "#")
+        got["missing"] = await s.stream_file("nope")
+        got["say"] = await s.say_number(42)
+        got["exec"] = await s.exec("Playback", "a&b,noanswer")
+        got["noapp"] = await s.exec("NoSuchApp")
+        await s.verbose('say "hi"', 3)
+        await s.hangup()
+        try:
+            await s.stream_file("after")
+        except AgiHangup as exc:
+            got["after"] = exc
+        got["var_after"] = await s.get_variable("MYVAR")
+        got["hung_up"] = s.hung_up
+        got["uniqueid"] = (s.uniqueid, current_uniqueid.get())
+
+    spec = ChannelSpec(uniqueid="u-conv")
+    emulator = AsteriskEmulator(spec, digits=["0012"], missing_files=["nope"])
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call(spec, emulator)
+
+    assert result.ok
+    assert got["unset"] is None
+    assert got["myvar"] == tricky
+    assert emulator.variables["MYVAR"] == tricky
+    assert got["empty"] == ""
+    assert isinstance(got["now"], str) and got["now"].isdigit() and len(got["now"]) == 13
+    assert got["full"] == f"5551001/{tricky}"
+    assert got["pin"] == ("0012", False)
+    assert got["nothing"] == ("", True)
+    assert (got["stream"], got["missing"], got["say"]) == (0, -1, 0)
+    assert (got["exec"], got["noapp"]) == (0, -2)
+    assert isinstance(got["after"], AgiHangup)
+    assert got["var_after"] == tricky
+    assert got["hung_up"] is True
+    assert got["uniqueid"] == ("u-conv", "u-conv")
+    assert result.lines[:4] == (
+        "ANSWER",
+        "GET VARIABLE UNSET",
+        r'SET VARIABLE MYVAR "value \"with\" quotes\\ back\\slash and (parens) "',
+        "GET VARIABLE MYVAR",
+    )
+    assert "EXEC Playback a&b,noanswer" in result.lines
+    assert 'EXEC NoSuchApp ""' in result.lines
+    assert 'VERBOSE "say \\"hi\\"" 3' in result.lines
+    assert emulator.violations == []
+
+
+async def test_exec_args_are_one_argument_and_not_expanded() -> None:
+    async def flow(s: AgiSession) -> None:
+        await s.exec("Set", "X=a b c")
+        await s.exec("NoOp", "${UNIQUEID}")
+
+    spec = ChannelSpec()
+    emulator = AsteriskEmulator(spec)
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call(spec, emulator)
+    assert result.lines == ('EXEC Set "X=a b c"', "EXEC NoOp ${UNIQUEID}")
+    assert emulator.variables["X"] == "a b c"
+    assert emulator.violations == ["EXEC NoOp args hold ${...}, which EXEC does not expand"]
+
+
+async def test_get_data_failure_raises() -> None:
+    errors: list[AgiError] = []
+
+    async def flow(s: AgiSession) -> None:
+        try:
+            await s.get_data("missing-prompt", 1000, 4)
+        except AgiCommandError as exc:
+            errors.append(exc)
+
+    emulator = AsteriskEmulator(missing_files=["missing-prompt"])
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call(responder=emulator)
+    assert result.ok
+    assert len(errors) == 1 and "GET DATA failed" in str(errors[0])
+
+
+# --------------------------------------------------------------------------- scripted peer
+
+
+@dataclass
+class Outcome:
+    value: AgiReply | AgiError | None = None
+    hung_up: bool = False
+    broken: bool = False
+
+
+async def run_scripted(
+    steps: list[bytes | str],
+    flow: Flow,
+    *,
+    command_timeout_ms: int = 2000,
+) -> list[str]:
+    """Connect, send the header, then for each step: ``"read"`` reads one command line,
+    ``"close"`` closes the socket, bytes are written. Returns the command lines read."""
+    received: list[str] = []
+    async with serving(flow, command_timeout_ms=command_timeout_ms) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(build_header_block(ChannelSpec(uniqueid="u-scripted")))
+            for step in steps:
+                if step == "read":
+                    async with asyncio.timeout(DEADLINE_S):
+                        received.append((await reader.readuntil(b"\n")).decode())
+                elif step == "close":
+                    break
+                elif step == "eof?":
+                    async with asyncio.timeout(DEADLINE_S):
+                        assert await reader.read() == b""
+                else:
+                    assert isinstance(step, bytes)
+                    writer.write(step)
+                    await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        async with asyncio.timeout(DEADLINE_S):
+            await server.wait_idle()
+    return received
+
+
+def one_command(outcome: Outcome, command: str = "NOOP", timeout_ms: int | None = None) -> Flow:
+    async def flow(s: AgiSession) -> None:
+        try:
+            outcome.value = await s.command(command, timeout_ms=timeout_ms)
+        except AgiError as exc:
+            outcome.value = exc
+        outcome.hung_up = s.hung_up
+        outcome.broken = s.broken
+
+    return flow
+
+
+async def test_hangup_twice_before_the_reply() -> None:
+    outcome = Outcome()
+    await run_scripted(["read", b"HANGUP\nHANGUP\n200 result=0\n", "eof?"], one_command(outcome))
+    assert isinstance(outcome.value, AgiReply) and outcome.value.result == 0
+    assert outcome.hung_up and not outcome.broken
+
+
+async def test_hangup_split_across_writes_and_after_the_reply() -> None:
+    replies: list[AgiReply] = []
+    flags: list[bool] = []
+
+    async def flow(s: AgiSession) -> None:
+        replies.append(await s.command("NOOP"))
+        flags.append(s.hung_up)
+        replies.append(await s.command("GET VARIABLE", "DIALSTATUS"))
+        flags.append(s.hung_up)
+
+    await run_scripted(
+        ["read", b"200 result=0\nHAN", b"GUP\n", "read", b"200 resu", b"lt=1 (BUSY)\n", "eof?"],
+        flow,
+    )
+    assert [r.result for r in replies] == [0, 1]
+    assert replies[1].data == "BUSY"
+    assert flags == [False, True]
+
+
+async def test_intermediate_100_trying_is_skipped() -> None:
+    outcome = Outcome()
+    await run_scripted(
+        ["read", b"100 result=0 Trying...\n200 result=0 endpos=1234\n", "eof?"],
+        one_command(outcome, "RECORD FILE"),
+    )
+    assert isinstance(outcome.value, AgiReply)
+    assert outcome.value.endpos == 1234
+    assert not outcome.broken
+
+
+async def test_eof_mid_command_is_a_protocol_error() -> None:
+    outcome = Outcome()
+    await run_scripted(["read", b"200 res", "close"], one_command(outcome))
+    assert isinstance(outcome.value, AgiProtocolError)
+    assert "closed" in str(outcome.value)
+    assert outcome.broken
+
+
+async def test_eof_after_hangup_is_a_hangup() -> None:
+    outcome = Outcome()
+    await run_scripted(["read", b"HANGUP\n", "close"], one_command(outcome))
+    assert isinstance(outcome.value, AgiHangup)
+    assert outcome.hung_up and outcome.broken
+
+
+async def test_511_without_hangup_is_a_command_error() -> None:
+    outcome = Outcome()
+    await run_scripted(
+        ["read", b"511 Command Not Permitted on a dead channel or intercept routine\n", "eof?"],
+        one_command(outcome, "ANSWER"),
+    )
+    assert isinstance(outcome.value, AgiCommandError) and outcome.value.code == 511
+    assert not outcome.broken
+
+
+async def test_garbage_reply_breaks_the_session() -> None:
+    outcome = Outcome()
+    await run_scripted(["read", b"hello there\n", "eof?"], one_command(outcome))
+    assert isinstance(outcome.value, AgiProtocolError)
+    assert outcome.broken
+
+
+async def test_reply_line_too_long_breaks_the_session() -> None:
+    outcome = Outcome()
+    await run_scripted(
+        ["read", b"200 result=1 (" + b"x" * 20_000 + b")\n", "eof?"], one_command(outcome)
+    )
+    assert isinstance(outcome.value, AgiProtocolError)
+    assert "too long" in str(outcome.value)
+    assert outcome.broken
+
+
+async def test_timeout_breaks_the_session() -> None:
+    outcome = Outcome()
+    await run_scripted(["read", "eof?"], one_command(outcome, timeout_ms=100))
+    assert isinstance(outcome.value, AgiTimeout)
+    assert outcome.broken
+
+
+async def test_cancelled_command_breaks_the_session_and_propagates() -> None:
+    states: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        task = asyncio.create_task(s.command("NOOP"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            states.append("cancelled")
+        states.append(s.broken)
+        try:
+            await s.command("NOOP")
+        except AgiProtocolError:
+            states.append("refused")
+
+    received = await run_scripted(["read", "eof?"], flow)
+    assert states == ["cancelled", True, "refused"]
+    assert received == ["NOOP\n"]
+
+
+async def test_concurrent_commands_are_serialised() -> None:
+    replies: list[str | None] = []
+
+    async def flow(s: AgiSession) -> None:
+        results = await asyncio.gather(s.get_variable("A"), s.get_variable("B"))
+        replies.extend(results)
+
+    received = await run_scripted(
+        ["read", b"200 result=1 (a)\n", "read", b"200 result=1 (b)\n", "eof?"], flow
+    )
+    assert received == ["GET VARIABLE A\n", "GET VARIABLE B\n"]
+    assert replies == ["a", "b"]
+
+
+async def test_closed_session_refuses_commands() -> None:
+    outcome = Outcome()
+
+    async def flow(s: AgiSession) -> None:
+        await s.close()
+        await s.close()  # idempotent
+        try:
+            await s.command("NOOP")
+        except AgiProtocolError as exc:
+            outcome.value = exc
+
+    await run_scripted(["eof?"], flow)
+    assert isinstance(outcome.value, AgiProtocolError) and "closed" in str(outcome.value)
+
+
+async def test_injection_is_refused_before_sending() -> None:
+    errors: list[ValueError] = []
+
+    async def flow(s: AgiSession) -> None:
+        try:
+            await s.set_variable("X", "1\nEXEC Dial evil")
+        except ValueError as exc:
+            errors.append(exc)
+        await s.command("NOOP")
+
+    received = await run_scripted(["read", b"200 result=0\n", "eof?"], flow)
+    assert len(errors) == 1
+    assert received == ["NOOP\n"]
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_uniqueid_log_filter_stamps_records() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "msg", None, None)
+    log_filter = UniqueidLogFilter()
+    assert log_filter.filter(record) and getattr(record, "uniqueid", None) == "-"
+    token = current_uniqueid.set("u-42")
+    try:
+        log_filter.filter(record)
+    finally:
+        current_uniqueid.reset(token)
+    assert getattr(record, "uniqueid", None) == "u-42"
+
+
+@pytest.mark.parametrize("level", [0, 4])
+async def test_verbose_level(level: int) -> None:
+    async def flow(s: AgiSession) -> None:
+        await s.verbose("x", level)
+
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call()
+    assert result.lines == (f"VERBOSE x {level}",)
