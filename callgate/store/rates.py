@@ -1,0 +1,765 @@
+"""Rate decks: CSV import and export, streaming rates out of the database, lookups, change notices.
+
+The CSV format (RATING.md names, one header row, any column order)::
+
+    prefix,destination,rate,connect_fee,disconnect_fee,disconnect_after,initial_block,increment,
+    minimal_cost,buy_rate,buy_initial_block,buy_increment,valid_from,valid_to,week_start,week_end,
+    trunk
+
+Only `prefix` and `rate` are required; an empty cell means the default (0, or none for dates, the
+week window and the trunk, which then is the rate table's). A2Billing's column names are accepted
+as aliases (`COLUMN_ALIASES`). Times are ISO-8601; a time without a zone is on the operator's
+wall clock (``settings.billing.timezone``) and stored in UTC. Every row becomes a
+`callgate.rating.Rate`, so the deck is validated by the rating core itself (negative prices are
+refused: RATING.md "we differ" #4). An import is all or nothing: the rows go in inside the
+caller's transaction and the first bad line (reported with its line number and column, with up
+to `MAX_PROBLEMS` more) aborts it. ``replace=True`` deletes the table's rates in the same
+transaction, so readers see the old table or the new one, never half of either.
+
+PostgreSQL loads with ``COPY`` (asyncpg ``copy_records_to_table`` on the transaction's own
+connection); SQLite with ``executemany`` in big batches. Each import bumps the table's version and,
+on PostgreSQL, sends ``NOTIFY callgate_rates, '<table id>'`` in the same transaction, so that
+running servers (`callgate.store.ratecache.RateCache`) rebuild that table's index once the import
+commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, type_coerce
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType
+
+from callgate.rating import (
+    CallPlan,
+    Interner,
+    InvalidPlanError,
+    InvalidRateError,
+    PlanTable,
+    PrefixIndex,
+    Rate,
+    RoutingMode,
+    parse_money,
+)
+from callgate.schema.tables import call_plan_rate_tables, call_plans, rate_tables, rates
+from callgate.store import plans
+from callgate.store._errors_map import mapped_errors
+from callgate.store.errors import InvalidDataError
+
+__all__ = [
+    "COLUMN_ALIASES",
+    "CSV_COLUMNS",
+    "MAX_PROBLEMS",
+    "NOTIFY_CHANNEL",
+    "ImportProblem",
+    "ImportResult",
+    "RateImportError",
+    "attach_table",
+    "detach_table",
+    "fetch_plan_for_number",
+    "format_csv_row",
+    "import_rates",
+    "iter_rates",
+    "notify_rates_changed",
+    "rate_counts",
+]
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "callgate_rates"
+MAX_PROBLEMS = 20  # bad lines reported by one failed import
+COPY_TIMEOUT_SECONDS = 300.0  # one COPY batch (network await deadline)
+PG_BATCH = 50_000
+SQLITE_BATCH = 20_000
+STREAM_BATCH = 10_000
+
+CSV_COLUMNS = (
+    "prefix",
+    "destination",
+    "rate",
+    "connect_fee",
+    "disconnect_fee",
+    "disconnect_after",
+    "initial_block",
+    "increment",
+    "minimal_cost",
+    "buy_rate",
+    "buy_initial_block",
+    "buy_increment",
+    "valid_from",
+    "valid_to",
+    "week_start",
+    "week_end",
+    "trunk",
+)
+
+COLUMN_ALIASES: Mapping[str, str] = {
+    "dialprefix": "prefix",
+    "rateinitial": "rate",
+    "initblock": "initial_block",
+    "billingblock": "increment",
+    "connectcharge": "connect_fee",
+    "disconnectcharge": "disconnect_fee",
+    "buyrate": "buy_rate",
+    "buyrateinitblock": "buy_initial_block",
+    "buyrateincrement": "buy_increment",
+    "startdate": "valid_from",
+    "stopdate": "valid_to",
+}
+
+_MONEY = frozenset({"rate", "connect_fee", "disconnect_fee", "minimal_cost", "buy_rate"})
+_SECONDS = frozenset(
+    {"disconnect_after", "initial_block", "increment", "buy_initial_block", "buy_increment"}
+)
+_WEEK = frozenset({"week_start", "week_end"})
+_TIMES = frozenset({"valid_from", "valid_to"})
+# MySQL's "no date", as A2Billing exports an open stopdate
+_ZERO_DATES = frozenset({"0000-00-00", "0000-00-00 00:00:00"})
+
+# the order of the values in an insert record (after rate_table_id)
+_DB_COLUMNS = (
+    "rate_table_id",
+    "prefix",
+    "destination",
+    "rate",
+    "connect_fee",
+    "disconnect_fee",
+    "disconnect_after",
+    "initial_block",
+    "increment",
+    "minimal_cost",
+    "buy_rate",
+    "buy_initial_block",
+    "buy_increment",
+    "trunk_id",
+    "valid_from",
+    "valid_to",
+    "week_start",
+    "week_end",
+)
+
+
+# --- errors and results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportProblem:
+    """One bad line of a deck: its line number (1 is the header), the column and what is wrong."""
+
+    line: int
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
+        return f"{where}: {self.message}"
+
+
+class RateImportError(InvalidDataError):
+    """A deck was refused; nothing of it was imported. `problems` lists the bad lines."""
+
+    def __init__(self, source: str, problems: Sequence[ImportProblem], *, more: bool) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        tail = "\n  ... (more bad lines not shown)" if more else ""
+        count = f"{len(self.problems)}{'+' if more else ''}"
+        super().__init__(f"{source}: {count} bad line(s), nothing imported:\n{lines}{tail}")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import did: rows added (and removed by ``replace``) and the table's new version."""
+
+    table: str
+    table_id: int
+    imported: int
+    deleted: int
+    version: int
+
+
+# --- parsing a deck (pure) -----------------------------------------------------------------------
+
+
+class _Problem(Exception):
+    def __init__(self, column: str | None, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+        self.message = message
+
+
+def _parse_seconds(text_value: str, column: str) -> int:
+    stripped = text_value.strip()
+    if not stripped:
+        return 0
+    try:
+        return int(stripped)
+    except ValueError:
+        raise _Problem(column, f"not a whole number of seconds: {text_value!r}") from None
+
+
+def _parse_week(text_value: str, column: str) -> int | None:
+    stripped = text_value.strip()
+    if not stripped:
+        return None
+    try:
+        return int(stripped)
+    except ValueError:
+        raise _Problem(column, f"not a minute of the week (0-10079): {text_value!r}") from None
+
+
+def _parse_time(text_value: str, column: str, zone: tzinfo) -> datetime | None:
+    stripped = text_value.strip()
+    if not stripped or stripped in _ZERO_DATES:
+        return None
+    try:
+        stamp = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise _Problem(column, f"not an ISO-8601 time: {text_value!r}") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=zone)
+    return stamp.astimezone(UTC)
+
+
+class _DeckParser:
+    """Turns the rows of a deck into validated `Rate` values, sharing repeated values."""
+
+    def __init__(self, header: Sequence[str], zone: tzinfo, known_trunks: Iterable[str]) -> None:
+        self._zone = zone
+        self._trunks = frozenset(known_trunks)
+        self._interner = Interner()
+        self._money: dict[str, Decimal] = {}
+        self._times: dict[str, datetime | None] = {}
+        positions: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for position, raw in enumerate(header):
+            given = raw.strip()
+            key = given.lower()
+            canonical = COLUMN_ALIASES.get(key, key)
+            if canonical not in CSV_COLUMNS:
+                allowed = ", ".join(CSV_COLUMNS)
+                raise _Problem(given, f"unknown column {given!r} (known: {allowed})")
+            if canonical in positions:
+                raise _Problem(given, f"column {canonical!r} given twice")
+            positions[canonical] = position
+            names[canonical] = given
+        for required in ("prefix", "rate"):
+            if required not in positions:
+                raise _Problem(None, f"the header has no {required!r} column")
+        self.width = len(header)
+        self._columns = tuple(positions.items())
+        self._names = names
+
+    def column_name(self, field: str) -> str:
+        """The deck's own name of a Rate field (as written in the header)."""
+        return self._names.get(field, field)
+
+    def parse(self, row: Sequence[str]) -> Rate:
+        if len(row) != self.width:
+            raise _Problem(None, f"{len(row)} fields, the header has {self.width}")
+        values: dict[str, Any] = {}
+        for name, position in self._columns:
+            cell = row[position]
+            if name in _MONEY:
+                values[name] = self._parse_money(cell, name)
+            elif name in _SECONDS:
+                values[name] = _parse_seconds(cell, self.column_name(name))
+            elif name in _TIMES:
+                values[name] = self._parse_time(cell, name)
+            elif name in _WEEK:
+                values[name] = _parse_week(cell, self.column_name(name))
+            elif name == "trunk":
+                trunk = cell.strip()
+                if trunk and trunk not in self._trunks:
+                    raise _Problem(self.column_name(name), f"no trunk named {trunk!r}")
+                values[name] = self._interner.share(trunk) if trunk else None
+            elif name == "destination":
+                values[name] = self._interner.share(cell.strip())
+            else:  # prefix
+                values[name] = cell.strip()
+        try:
+            return Rate(**values)
+        except InvalidRateError as exc:
+            raise _Problem(self.column_name(exc.field), exc.message) from None
+
+    def _parse_money(self, cell: str, name: str) -> Decimal:
+        found = self._money.get(cell)
+        if found is not None:
+            return found
+        if not cell.strip():
+            value = Decimal(0)
+        else:
+            try:
+                value = parse_money(cell, name)
+            except InvalidRateError as exc:
+                raise _Problem(self.column_name(name), exc.message) from None
+        shared = self._interner.money(value)
+        self._money[cell] = shared
+        return shared
+
+    def _parse_time(self, cell: str, name: str) -> datetime | None:
+        if cell in self._times:
+            return self._times[cell]
+        value = _parse_time(cell, self.column_name(name), self._zone)
+        if len(self._times) < 100_000:
+            self._times[cell] = value
+        return value
+
+
+def parse_deck(
+    lines: Iterable[str],
+    *,
+    zone: tzinfo,
+    known_trunks: Iterable[str] = (),
+    source: str = "<csv>",
+) -> Iterator[tuple[int, Rate]]:
+    """Parse a CSV deck (text lines, header first) into ``(line number, Rate)``.
+
+    Line numbers are physical lines of the file (1 is the header; a quoted newline counts).
+    Blank lines are skipped. Raises `RateImportError` after the first bad line, listing up to
+    `MAX_PROBLEMS` bad lines (it keeps reading to find them, but yields nothing after the first).
+    """
+    reader = csv.reader(lines)
+    problems: list[ImportProblem] = []
+    more = False
+    try:
+        header: list[str] = []
+        for header in reader:
+            if header:
+                break
+        if not header:
+            problem = ImportProblem(1, None, "empty file: no header row")
+            raise RateImportError(source, [problem], more=False)
+        header[0] = header[0].removeprefix("\ufeff")  # a byte-order mark from a spreadsheet
+        try:
+            parser = _DeckParser(header, zone, known_trunks)
+        except _Problem as bad:
+            problem = ImportProblem(reader.line_num, bad.column, bad.message)
+            raise RateImportError(source, [problem], more=False) from None
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            try:
+                rate = parser.parse(row)
+            except _Problem as bad:
+                if len(problems) >= MAX_PROBLEMS:
+                    more = True
+                    break
+                problems.append(ImportProblem(reader.line_num, bad.column, bad.message))
+                continue
+            if not problems:
+                yield reader.line_num, rate
+    except csv.Error as exc:
+        problems.append(ImportProblem(reader.line_num, None, f"not valid CSV: {exc}"))
+    if problems:
+        raise RateImportError(source, problems, more=more)
+
+
+def _format_money(value: Decimal) -> str:
+    textual = format(value, "f")
+    if "." in textual:
+        textual = textual.rstrip("0").rstrip(".")
+    return textual or "0"
+
+
+def format_csv_row(rate: Rate) -> list[str]:
+    """A rate as a CSV row in `CSV_COLUMNS` order (what ``rates export`` writes)."""
+
+    def stamp(value: datetime | None) -> str:
+        return "" if value is None else value.astimezone(UTC).isoformat()
+
+    def week(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    return [
+        rate.prefix,
+        rate.destination,
+        _format_money(rate.rate),
+        _format_money(rate.connect_fee),
+        _format_money(rate.disconnect_fee),
+        str(rate.disconnect_after),
+        str(rate.initial_block),
+        str(rate.increment),
+        _format_money(rate.minimal_cost),
+        _format_money(rate.buy_rate),
+        str(rate.buy_initial_block),
+        str(rate.buy_increment),
+        stamp(rate.valid_from),
+        stamp(rate.valid_to),
+        week(rate.week_start),
+        week(rate.week_end),
+        rate.trunk or "",
+    ]
+
+
+# --- import --------------------------------------------------------------------------------------
+
+
+async def notify_rates_changed(conn: AsyncConnection, table_id: int) -> None:
+    """Tell running servers that a rate table (or a plan's tables) changed.
+
+    On PostgreSQL: ``pg_notify('callgate_rates', '<table id>')``, delivered when the caller's
+    transaction commits (and not at all if it rolls back). On SQLite there is no such channel:
+    servers see the version change on their next poll.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": NOTIFY_CHANNEL, "payload": str(table_id)},
+        )
+
+
+async def _lock_table(conn: AsyncConnection, name: str) -> plans.RateTableRow:
+    """The rate table, its row locked against concurrent imports (PostgreSQL)."""
+    table = await plans.fetch_rate_table(conn, name)
+    await conn.execute(
+        select(rate_tables.c.id).where(rate_tables.c.id == table.id).with_for_update()
+    )
+    return table
+
+
+class _Loader:
+    """Writes insert records in batches: COPY on PostgreSQL, executemany on SQLite."""
+
+    def __init__(self, conn: AsyncConnection, batch_size: int | None) -> None:
+        self._conn = conn
+        self._pg = conn.dialect.name == "postgresql"
+        self._batch_size = batch_size or (PG_BATCH if self._pg else SQLITE_BATCH)
+        self._batch: list[tuple[Any, ...]] = []
+        self.count = 0
+        self._driver: Any = None
+        if not self._pg:
+            self._processors = _bind_processors(conn.dialect)
+            self._cache: list[dict[Any, Any]] = [{} for _ in _DB_COLUMNS]
+            columns = ", ".join(_DB_COLUMNS)
+            marks = ", ".join("?" for _ in _DB_COLUMNS)
+            self._sql = f"INSERT INTO rates ({columns}) VALUES ({marks})"
+
+    async def add(self, record: tuple[Any, ...]) -> None:
+        self._batch.append(record)
+        if len(self._batch) >= self._batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        if self._pg:
+            await self._copy(batch)
+        else:
+            await self._conn.exec_driver_sql(self._sql, [self._bind(r) for r in batch])
+        self.count += len(batch)
+
+    async def _copy(self, batch: list[tuple[Any, ...]]) -> None:
+        if self._driver is None:
+            # the transaction's own connection: the COPY commits or rolls back with it (the
+            # caller's earlier statements have begun the driver-level transaction)
+            raw = await self._conn.get_raw_connection()
+            self._driver = raw.driver_connection
+        await self._driver.copy_records_to_table(
+            "rates", records=batch, columns=_DB_COLUMNS, timeout=COPY_TIMEOUT_SECONDS
+        )
+
+    def _bind(self, record: tuple[Any, ...]) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for value, process, cache in zip(record, self._processors, self._cache, strict=True):
+            if process is None or value is None:
+                out.append(value)
+                continue
+            try:
+                out.append(cache[value])
+            except KeyError:
+                converted = process(value)
+                cache[value] = converted
+                out.append(converted)
+        return tuple(out)
+
+
+def _bind_processors(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
+    """The schema's own conversions (Money as scaled integer on SQLite, UTC times) per column."""
+    return [rates.c[name].type.bind_processor(dialect) for name in _DB_COLUMNS]
+
+
+async def import_rates(
+    conn: AsyncConnection,
+    table: str,
+    lines: Iterable[str],
+    *,
+    zone: tzinfo,
+    replace: bool = False,
+    source: str = "<csv>",
+    batch_size: int | None = None,
+) -> ImportResult:
+    """Import a CSV deck (text lines, header first) into a rate table.
+
+    Runs in the caller's transaction, which must be a write transaction (`write_transaction`):
+    on any error, raise and let the caller roll back, so nothing of the deck is kept. With
+    `replace`, the table's rates are deleted first, in the same transaction. `zone` is the
+    operator's zone for times written without one. Bumps the table's version and notifies.
+    """
+    async with mapped_errors(f"import into {table}"):
+        target = await _lock_table(conn, table)
+        trunk_ids = {trunk.name: trunk.id for trunk in await plans.list_trunks(conn)}
+        deleted = 0
+        if replace:
+            result = await conn.execute(delete(rates).where(rates.c.rate_table_id == target.id))
+            deleted = max(result.rowcount, 0)
+        loader = _Loader(conn, batch_size)
+        table_id = target.id
+        for _, rate in parse_deck(lines, zone=zone, known_trunks=trunk_ids, source=source):
+            await loader.add(
+                (
+                    table_id,
+                    rate.prefix,
+                    rate.destination,
+                    rate.rate,
+                    rate.connect_fee,
+                    rate.disconnect_fee,
+                    rate.disconnect_after,
+                    rate.initial_block,
+                    rate.increment,
+                    rate.minimal_cost,
+                    rate.buy_rate,
+                    rate.buy_initial_block,
+                    rate.buy_increment,
+                    None if rate.trunk is None else trunk_ids[rate.trunk],
+                    rate.valid_from,
+                    rate.valid_to,
+                    rate.week_start,
+                    rate.week_end,
+                )
+            )
+        await loader.flush()
+        await plans.bump_table_version(conn, table_id)
+        await notify_rates_changed(conn, table_id)
+        version = await conn.scalar(
+            select(rate_tables.c.version).where(rate_tables.c.id == table_id)
+        )
+    log.info(
+        "imported %d rate(s) into %s from %s (replaced %d), version %s",
+        loader.count,
+        target.name,
+        source,
+        deleted,
+        version,
+    )
+    return ImportResult(target.name, table_id, loader.count, deleted, int(version or 0))
+
+
+# --- reading rates back --------------------------------------------------------------------------
+
+
+def _raw(name: str) -> ColumnElement[Any]:
+    """A rates column without result processing: decoded once per distinct value instead."""
+    return type_coerce(rates.c[name], NullType()).label(name)
+
+
+_READ_COLUMNS = (
+    "id",
+    "prefix",
+    "destination",
+    "rate",
+    "connect_fee",
+    "disconnect_fee",
+    "disconnect_after",
+    "initial_block",
+    "increment",
+    "minimal_cost",
+    "buy_rate",
+    "buy_initial_block",
+    "buy_increment",
+    "valid_from",
+    "valid_to",
+    "week_start",
+    "week_end",
+)
+_DECODED = (
+    "rate",
+    "connect_fee",
+    "disconnect_fee",
+    "minimal_cost",
+    "buy_rate",
+    "valid_from",
+    "valid_to",
+)
+
+
+class _RowDecoder:
+    """Raw driver values -> `Rate`, with each distinct money/time value decoded once."""
+
+    def __init__(self, dialect: Dialect, interner: Interner) -> None:
+        self._interner = interner
+        self._processors: dict[str, Callable[[Any], Any] | None] = {
+            name: rates.c[name].type.result_processor(dialect, None) for name in _DECODED
+        }
+        self._caches: dict[str, dict[Any, Any]] = {name: {} for name in _DECODED}
+
+    def _value(self, name: str, raw: Any) -> Any:
+        if raw is None:
+            return None
+        cache = self._caches[name]
+        try:
+            return cache[raw]
+        except KeyError:
+            pass
+        process = self._processors[name]
+        value = process(raw) if process is not None else raw
+        if isinstance(value, Decimal):
+            value = self._interner.money(value)
+        elif isinstance(value, datetime):
+            value = self._interner.share(value)
+        cache[raw] = value
+        return value
+
+    def rate(self, row: Sequence[Any], trunk: str | None) -> Rate:
+        value = self._value
+        share = self._interner.share
+        return Rate(
+            row[1],
+            value("rate", row[3]),
+            connect_fee=value("connect_fee", row[4]),
+            disconnect_fee=value("disconnect_fee", row[5]),
+            disconnect_after=row[6],
+            initial_block=row[7],
+            increment=row[8],
+            minimal_cost=value("minimal_cost", row[9]),
+            buy_rate=value("buy_rate", row[10]),
+            buy_initial_block=row[11],
+            buy_increment=row[12],
+            valid_from=value("valid_from", row[13]),
+            valid_to=value("valid_to", row[14]),
+            week_start=row[15],
+            week_end=row[16],
+            destination=share(row[2]),
+            trunk=None if trunk is None else share(trunk),
+            id=row[0],
+        )
+
+
+async def iter_rates(
+    conn: AsyncConnection,
+    table_id: int,
+    *,
+    interner: Interner | None = None,
+    batch: int = STREAM_BATCH,
+    ordered: bool = False,
+) -> AsyncIterator[list[Rate]]:
+    """The rates of a rate table as `Rate` values, streamed in lists of up to `batch`.
+
+    Rows come through a server-side cursor and are decoded batch by batch, so a million rates
+    never sit in memory twice (as rows and as rates). Repeated values are shared through
+    `interner`. `ordered` sorts by id (the import order; for export).
+    """
+    interner = interner or Interner()
+    decoder = _RowDecoder(conn.dialect, interner)
+    trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
+    query = (
+        select(*(_raw(name) for name in _READ_COLUMNS), rates.c.trunk_id)
+        .where(rates.c.rate_table_id == table_id)
+        .execution_options(yield_per=batch)
+    )
+    if ordered:
+        query = query.order_by(rates.c.id)
+    async with mapped_errors(f"rates of table {table_id}"):
+        result = await conn.stream(query)
+        try:
+            async for partition in result.partitions(batch):
+                make = decoder.rate
+                yield [
+                    make(row, None if row[17] is None else trunk_names[row[17]])
+                    for row in partition
+                ]
+                await asyncio.sleep(0)  # let other tasks run between batches
+        finally:
+            await result.close()
+
+
+async def rate_counts(conn: AsyncConnection) -> dict[int, int]:
+    """How many rates each rate table holds, by table id."""
+    query = select(rates.c.rate_table_id, func.count()).group_by(rates.c.rate_table_id)
+    return {int(row[0]): int(row[1]) for row in await conn.execute(query)}
+
+
+async def plans_of_table(conn: AsyncConnection, table_id: int) -> list[tuple[str, int]]:
+    """The call plans a rate table is in, with its priority there: ``[(plan name, priority)]``."""
+    query = (
+        select(call_plans.c.name, call_plan_rate_tables.c.priority)
+        .join(call_plan_rate_tables, call_plan_rate_tables.c.call_plan_id == call_plans.c.id)
+        .where(call_plan_rate_tables.c.rate_table_id == table_id)
+        .order_by(call_plans.c.name)
+    )
+    return [(row[0], int(row[1])) for row in await conn.execute(query)]
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+async def attach_table(conn: AsyncConnection, plan: str, table: str, *, priority: int = 1) -> None:
+    """`plans.attach_rate_table`, then tell running servers (the plan's tables changed)."""
+    await plans.attach_rate_table(conn, plan, table, priority=priority)
+    await notify_rates_changed(conn, (await plans.fetch_rate_table(conn, table)).id)
+
+
+async def detach_table(conn: AsyncConnection, plan: str, table: str) -> None:
+    """`plans.detach_rate_table`, then tell running servers."""
+    await plans.detach_rate_table(conn, plan, table)
+    await notify_rates_changed(conn, (await plans.fetch_rate_table(conn, table)).id)
+
+
+def _trunk_name(trunk_id: int | None, names: Mapping[int, str]) -> str | None:
+    return None if trunk_id is None else names.get(trunk_id)
+
+
+async def fetch_plan_for_number(conn: AsyncConnection, plan: str | int, number: str) -> CallPlan:
+    """A `CallPlan` holding only the rates that can match `number` (for one-off lookups).
+
+    Reads the rates whose prefix is a prefix of `number` from each of the plan's tables (an
+    index probe per table) into small indexes, so that `callgate.rating.quote` on the result
+    answers exactly as the server's full in-memory index would, without loading the tables.
+    """
+    plan_row = await plans.fetch_call_plan(conn, plan)
+    links = await plans.plan_tables(conn, plan_row.id)
+    if not (number.isascii() and number.isdigit()):
+        raise InvalidDataError(f"not a number (digits only): {number!r}")
+    candidates = [number[:length] for length in range(1, min(len(number), 32) + 1)]
+    trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
+    interner = Interner()
+    decoder = _RowDecoder(conn.dialect, interner)
+    tables: list[PlanTable] = []
+    for link in links:
+        table = await plans.fetch_rate_table(conn, link.rate_table_id)
+        query = (
+            select(*(_raw(name) for name in _READ_COLUMNS), rates.c.trunk_id)
+            .where(rates.c.rate_table_id == table.id, rates.c.prefix.in_(candidates))
+            .order_by(rates.c.id)
+        )
+        found = [
+            decoder.rate(row, _trunk_name(row[17], trunk_names))
+            for row in await conn.execute(query)
+        ]
+        index = PrefixIndex(
+            table.name,
+            found,
+            default_trunk=_trunk_name(table.trunk_id, trunk_names),
+            version=table.version,
+        )
+        tables.append(PlanTable(table.name, link.priority, index))
+    try:
+        return CallPlan(
+            plan_row.name,
+            RoutingMode(plan_row.routing_mode.value),
+            plan_row.max_call_seconds,
+            tuple(tables),
+        )
+    except InvalidPlanError as exc:
+        raise InvalidDataError(f"call plan {plan_row.name!r}: {exc}") from exc
