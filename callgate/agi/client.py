@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import math
 import re
 import time
 from collections import Counter, deque
@@ -830,7 +831,7 @@ class LoadResult:
         if not values:
             return 0.0
         ordered = sorted(values)
-        rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+        rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
         return ordered[rank - 1]
 
     def summary(self) -> str:
