@@ -280,7 +280,7 @@ class AmiClient:
 
     @property
     def connected(self) -> bool:
-        """True while logged in (also the ``callgate_ami_connected`` gauge)."""
+        """True while logged in and past ``on_login`` (the ``callgate_ami_connected`` gauge)."""
         return self._connected.is_set()
 
     async def wait_connected(self) -> None:
@@ -512,7 +512,7 @@ class AmiClient:
             )
 
     async def _establish(self) -> _Connection:
-        """Open, log in, mark connected, run on_login. Raises AmiError; cleans up on failure."""
+        """Open, log in, run on_login, mark connected. Raises AmiError; cleans up on failure."""
         try:
             conn = await self._open()
         except AmiError as exc:
@@ -520,12 +520,10 @@ class AmiClient:
             raise
         ok = False
         try:
-            self._conn = conn
-            self._set_connected(True)
-            self.stats.connects += 1
-            metrics.AMI_CONNECTS.labels(server=self.name, outcome=ConnectOutcome.OK).inc()
-            log.info("AMI %s: logged in to %s:%d as %s", self.name, self.host, self.port,
-                     self.username)  # fmt: skip
+            self._conn = conn  # actions work from here: the hook needs them
+            log.info(
+                "AMI %s: logged in to %s:%d as %s", self.name, self.host, self.port, self.username
+            )
             if self._on_login is not None:
                 try:
                     await self._on_login(self)
@@ -533,6 +531,9 @@ class AmiClient:
                     log.exception("AMI %s: on_login hook failed; reconnecting", self.name)
                     self._note_failure(ConnectOutcome.HOOK_FAILED)
                     raise AmiError("on_login hook failed") from exc
+            self.stats.connects += 1
+            metrics.AMI_CONNECTS.labels(server=self.name, outcome=ConnectOutcome.OK).inc()
+            self._set_connected(True)  # logged in *and* resynced
             ok = True
             return conn
         finally:
