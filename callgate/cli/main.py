@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from callgate import __version__
-from callgate.cli import config_cmd, db
+from callgate.cli import config_cmd, db, plans
 from callgate.cli._common import AppContext
 from callgate.config import SettingsError, load_settings
 
@@ -66,6 +66,10 @@ def cli(
 
 cli.add_command(config_cmd.config)
 cli.add_command(db.db)
+cli.add_command(plans.plans)
+cli.add_command(plans.tables)
+cli.add_command(plans.trunks)
+cli.add_command(plans.rates)
 
 
 def main() -> None:
