@@ -1,0 +1,574 @@
+"""The call flows: ``call`` (direct dialling) and ``card`` (calling card).
+
+``call`` (DESIGN.md §5): identify the account (``agi_accountcode``, then the first AGI argument,
+then the caller ID) -> check it -> normalise the number -> rate it through the account's call plan
+-> reserve under the account lock -> ``EXEC Dial`` through the route's trunk with
+``U(callgate-answered^<uniqueid>)L(<granted ms>[:<warn>[:<repeat>]])``, failing over on
+CHANUNAVAIL or CONGESTION (to the trunk's failover trunk, then to the next route, with the grant
+recomputed for that route) -> read the answer stamp, the end time, DIALSTATUS,
+ANSWEREDTIME_MS, HANGUPCAUSE -> settle -> set CALLGATE_STATUS / CALLGATE_ACCOUNT /
+CALLGATE_MAXSEC / CALLGATE_HANGUPCAUSE -> the server closes the socket.
+
+Fail closed: any error before Dial ends the session without dialling. Once Dial has run, a call
+whose outcome cannot be read, or whose settle fails, keeps its reservation open: the reaper
+settles it from Asterisk's CDR, so no call goes unbilled.
+
+Billsec is the called party's talk time: the end stamp minus the answer stamp the ``U()``
+subroutine took on Asterisk's clock at the callee's answer (exact to a few ms, also when the
+caller was answered before Dial). DIALSTATUS=ANSWER with no stamp is a configuration error: it is
+logged and billed from ANSWEREDTIME_MS, never treated as a free call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from callgate.agi.errors import AgiError, AgiHangup
+from callgate.agi.session import AgiSession
+from callgate.rating import (
+    InsufficientCreditError,
+    RatingError,
+    Route,
+    buy_cost,
+    cost,
+    find_routes,
+    grant,
+)
+from callgate.rating.numbers import NumberRules, normalise_number
+from callgate.schema.tables import CallStatus
+from callgate.store.errors import StoreError
+from callgate.store.ledger import CallRecord
+from callgate.store.ports import (
+    AccountLookup,
+    CallerAccount,
+    Grant,
+    Ledger,
+    Refused,
+    RoutePlans,
+    TrunkInfo,
+)
+
+log = logging.getLogger(__name__)
+calls_log = logging.getLogger("callgate.calls")
+
+# CALLGATE_STATUS -> the Q.850 cause the dialplan hangs up with (CALLGATE_HANGUPCAUSE)
+HANGUP_CAUSES: dict[str, int] = {
+    "OK": 16,  # normal clearing
+    "NO_ACCOUNT": 21,  # call rejected
+    "INACTIVE": 21,
+    "EXPIRED": 21,
+    "NO_CREDIT": 21,
+    "NO_RATE": 3,  # no route to destination
+    "CHANNEL_LIMIT": 34,  # no circuit/channel available
+    "CPS_LIMIT": 42,  # switching equipment congestion
+    "ROUTE_FAILED": 34,
+    "ERROR": 41,  # temporary failure
+}
+FAILOVER_STATUSES = frozenset({"CHANUNAVAIL", "CONGESTION"})
+MAX_TRUNK_CHAIN = 4
+NOW_MS_EXPR = "${STRFTIME(,,%s%3q)}"
+ANSWER_STAMP = "SHARED(CALLGATE_ANSWER_MS)"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    """Policy for the flows, built from the settings by the composition root."""
+
+    international_prefixes: tuple[str, ...] = ("011", "00")
+    dial_ring_seconds: int = 60
+    dial_warning_seconds: int = 30
+    dial_warning_repeat_seconds: int = 0
+    max_call_seconds: int = 36000
+    timezone: str = "UTC"
+    server: str = ""
+    answer_subroutine: str = "callgate-answered"
+    # calling card prompts (Asterisk core sounds by default)
+    card_pin_prompt: str = "agent-pass"
+    card_invalid_prompt: str = "vm-incorrect"
+    card_number_prompt: str = "vm-enter-num-to-call"
+    card_no_credit_prompt: str = "vm-goodbye"
+    card_you_have_prompt: str = "vm-youhave"
+    card_minutes_prompt: str = "minutes"
+    card_pin_tries: int = 3
+    card_digit_timeout_ms: int = 6000
+    card_lockout_failures: int = 5
+    card_lockout_seconds: int = 900
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one dial attempt returned."""
+
+    dial_status: str = ""
+    answered_ms: int | None = None  # Asterisk clock, epoch ms, at the callee's answer
+    ended_ms: int | None = None  # Asterisk clock, epoch ms, when Dial returned
+    answeredtime_ms: int | None = None
+    hangup_cause: int | None = None
+    ring_ms: int | None = None
+
+
+@dataclass(slots=True)
+class CallState:
+    """Everything the flow learns about one call, for the billing record."""
+
+    uniqueid: str
+    script: str
+    started_at: datetime
+    channel: str
+    callerid: str
+    account: CallerAccount | None = None
+    dialled: str = ""
+    number: str = ""
+    route: Route | None = None
+    granted: int = 0
+    reserved: bool = False
+    dialled_out: bool = False
+    attempt: Attempt = field(default_factory=Attempt)
+    billsec: int = 0
+    note: str = ""
+
+
+def dial_string(trunk: TrunkInfo, number: str) -> str:
+    """The Dial destination for ``number`` through ``trunk``."""
+    digits = number[trunk.strip_digits :] if trunk.strip_digits else number
+    digits = trunk.dial_prefix + digits
+    tech = trunk.technology
+    if tech == "PJSIP":
+        return f"PJSIP/{digits}@{trunk.peer}"
+    if tech == "Local":
+        return f"Local/{digits}@{trunk.peer}"
+    return f"{tech}/{trunk.peer}/{digits}"
+
+
+def limit_option(granted_seconds: int, warning_seconds: int, repeat_seconds: int) -> str:
+    """``L(ms[:warn[:repeat]])``; never ``L(0)`` (A2Billing's bug #5)."""
+    if granted_seconds <= 0:
+        raise ValueError("a call is never dialled without time")
+    parts = [str(granted_seconds * 1000)]
+    if 0 < warning_seconds < granted_seconds:
+        parts.append(str(warning_seconds * 1000))
+        if repeat_seconds > 0:
+            parts.append(str(repeat_seconds * 1000))
+    return f"L({':'.join(parts)})"
+
+
+def talk_seconds(attempt: Attempt) -> tuple[int, str]:
+    """Billsec of an attempt (ceil of the talk ms) and a note when it had to fall back."""
+    if attempt.dial_status != "ANSWER":
+        return 0, ""
+    if attempt.answered_ms is not None and attempt.ended_ms is not None:
+        talk_ms = max(0, attempt.ended_ms - attempt.answered_ms)
+        return math.ceil(talk_ms / 1000), ""
+    note = "ANSWER without the U() answer stamp: is the callgate-answered subroutine loaded?"
+    if attempt.answeredtime_ms is not None:
+        return math.ceil(attempt.answeredtime_ms / 1000), note + " Billed from ANSWEREDTIME_MS."
+    return 0, note + " No ANSWEREDTIME_MS either."
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value.strip().split(".")[0])
+    except ValueError:
+        return None
+
+
+def _epoch_ms_to_datetime(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class CallFlows:
+    """The ``call`` and ``card`` handlers, with their ports."""
+
+    def __init__(
+        self,
+        *,
+        accounts: AccountLookup,
+        plans: RoutePlans,
+        ledger: Ledger,
+        settings: FlowSettings = FlowSettings(),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.accounts = accounts
+        self.plans = plans
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+        self.zone = ZoneInfo(settings.timezone)
+        self._card_failures: dict[str, tuple[int, float]] = {}
+
+    # ------------------------------------------------------------------ entry points
+
+    async def call(self, session: AgiSession) -> None:
+        """Direct dialling: ``AGI(agi://host/call[,account[,number]])``."""
+        env = session.env
+        state = self._new_state(session, "call")
+        args = env.args
+        state.dialled = args[1] if len(args) > 1 and args[1] else env.extension
+        try:
+            account = await self.accounts.find_for_call(
+                accountcode=env.accountcode,
+                argument=args[0] if args else "",
+                callerid=env.callerid,
+            )
+        except StoreError as exc:
+            await self._finish(session, state, "ERROR", f"account lookup failed: {exc}")
+            return
+        if account is None:
+            await self._finish(session, state, "NO_ACCOUNT", "no account for this call")
+            return
+        state.account = account
+        await self._guarded(session, state)
+
+    async def card(self, session: AgiSession) -> None:
+        """Calling card: answer, PIN, destination, "you have N minutes", dial."""
+        state = self._new_state(session, "card")
+        s = self.settings
+        if self._locked_out(state.callerid):
+            await self._finish(session, state, "NO_ACCOUNT", "caller ID locked out")
+            return
+        try:
+            await session.answer()
+            account: CallerAccount | None = None
+            for _ in range(s.card_pin_tries):
+                pin, _timed_out = await session.get_data(
+                    s.card_pin_prompt, s.card_digit_timeout_ms, 20
+                )
+                if pin:
+                    account = await self.accounts.find_by_pin(pin)
+                if account is not None:
+                    break
+                self._card_failure(state.callerid)
+                if self._locked_out(state.callerid):
+                    break
+                await session.stream_file(s.card_invalid_prompt)
+            if account is None:
+                await self._finish(session, state, "NO_ACCOUNT", "no valid PIN entered")
+                return
+            self._card_failures.pop(state.callerid, None)
+            state.account = account
+            if account.language:
+                await session.set_variable("CHANNEL(language)", account.language)
+            number, _timed_out = await session.get_data(
+                s.card_number_prompt, s.card_digit_timeout_ms, 30
+            )
+            state.dialled = number
+        except AgiHangup:
+            await self._finish(session, state, "ERROR", "caller hung up during the prompts")
+            return
+        except (AgiError, StoreError) as exc:
+            await self._finish(session, state, "ERROR", f"calling card prompt failed: {exc}")
+            return
+        await self._guarded(session, state, announce=True)
+
+    # ------------------------------------------------------------------ the shared path
+
+    async def _guarded(
+        self, session: AgiSession, state: CallState, *, announce: bool = False
+    ) -> None:
+        """Authorise and dial; an unexpected error before Dial releases the reservation."""
+        try:
+            await self._authorise_and_dial(session, state, announce=announce)
+        except Exception:
+            log.exception("%s: unexpected error in the %s flow", state.uniqueid, state.script)
+            if state.dialled_out:
+                raise  # the reservation stays open: the reaper settles it from the CDR
+            if state.reserved:
+                await self._release(state, "unexpected error before Dial")
+            await self._set_outcome(session, "ERROR")
+            raise
+
+    def _new_state(self, session: AgiSession, script: str) -> CallState:
+        env = session.env
+        return CallState(
+            uniqueid=env.uniqueid,
+            script=script,
+            started_at=self.clock(),
+            channel=env.channel,
+            callerid=env.callerid,
+        )
+
+    async def _authorise_and_dial(
+        self, session: AgiSession, state: CallState, *, announce: bool = False
+    ) -> None:
+        account = state.account
+        assert account is not None
+        plan = self.plans.plan(account.call_plan_id)
+        if plan is None:
+            await self._finish(session, state, "NO_RATE", "the account's call plan has no rates")
+            return
+        rules = NumberRules(
+            international_prefixes=self.settings.international_prefixes,
+            remove_international_prefix=self.plans.remove_international_prefix(
+                account.call_plan_id
+            ),
+        )
+        try:
+            state.number = normalise_number(state.dialled, rules)
+        except RatingError as exc:
+            await self._finish(session, state, "NO_RATE", str(exc))
+            return
+        at = state.started_at.astimezone(self.zone)
+        routes = find_routes(plan, state.number, at)
+        if not routes:
+            await self._finish(session, state, "NO_RATE", f"no rate for {state.number}")
+            return
+        cap = min(plan.max_call_seconds, self.settings.max_call_seconds)
+        route = routes[0]
+        state.route = route
+        try:
+            reserved = await self.ledger.reserve(
+                account_id=account.id,
+                uniqueid=state.uniqueid,
+                price=_pricer(route, cap),
+                now=state.started_at,
+                trunk=route.trunk or "",
+                rate_id=route.rate.id,
+            )
+        except Refused as exc:
+            await self._finish(session, state, exc.status, exc.reason)
+            return
+        except StoreError as exc:
+            await self._finish(session, state, "ERROR", f"reservation failed: {exc}")
+            return
+        state.reserved = True
+        state.granted = reserved.granted_seconds
+        try:
+            await session.set_variable("CALLGATE_ACCOUNT", account.number)
+            await session.set_variable("CALLGATE_MAXSEC", state.granted)
+            if announce:
+                await self._announce(session, state.granted)
+            await self._dial_routes(session, state, routes, cap)
+        except AgiError as exc:
+            if not state.dialled_out:
+                await self._release(state, f"before Dial: {exc}")
+                await self._finish(session, state, "ERROR", f"AGI failed before Dial: {exc}")
+                return
+            # Dial ran but its outcome is unknown: keep the reservation for the reaper
+            self._log_call(state, "ERROR", Decimal(0), f"outcome unknown after Dial: {exc}")
+            return
+        await self._settle(session, state)
+
+    async def _announce(self, session: AgiSession, granted: int) -> None:
+        s = self.settings
+        await session.stream_file(s.card_you_have_prompt)
+        await session.say_number(max(1, granted // 60))
+        await session.stream_file(s.card_minutes_prompt)
+
+    async def _dial_routes(
+        self, session: AgiSession, state: CallState, routes: tuple[Route, ...], cap: int
+    ) -> None:
+        for position, route in enumerate(routes):
+            if position > 0:
+                try:
+                    regranted = await self.ledger.regrant(
+                        uniqueid=state.uniqueid,
+                        price=_pricer(route, cap),
+                        now=self.clock(),
+                        trunk=route.trunk or "",
+                        rate_id=route.rate.id,
+                    )
+                except Refused as exc:
+                    log.info("%s: failover route %s refused: %s", state.uniqueid, route.table, exc)
+                    continue
+                state.route = route
+                state.granted = regranted.granted_seconds
+                await session.set_variable("CALLGATE_MAXSEC", state.granted)
+            for trunk in self._trunk_chain(route.trunk):
+                state.attempt = await self._dial_once(session, state, trunk)
+                if state.attempt.dial_status not in FAILOVER_STATUSES:
+                    return
+                log.info(
+                    "%s: %s on trunk %s, failing over",
+                    state.uniqueid,
+                    state.attempt.dial_status,
+                    trunk.name,
+                )
+                if session.hung_up:
+                    return
+
+    def _trunk_chain(self, first: str | None) -> list[TrunkInfo]:
+        chain: list[TrunkInfo] = []
+        seen: set[str] = set()
+        name = first
+        while name and name not in seen and len(chain) < MAX_TRUNK_CHAIN:
+            seen.add(name)
+            trunk = self.plans.trunk(name)
+            if trunk is None:
+                log.warning("trunk %s is not configured", name)
+                break
+            if trunk.active:
+                chain.append(trunk)
+            name = trunk.failover
+        return chain
+
+    async def _dial_once(self, session: AgiSession, state: CallState, trunk: TrunkInfo) -> Attempt:
+        s = self.settings
+        options = (
+            f"U({s.answer_subroutine}^{state.uniqueid})"
+            + limit_option(state.granted, s.dial_warning_seconds, s.dial_warning_repeat_seconds)
+            + trunk.dial_options
+        )
+        args = f"{dial_string(trunk, state.number)},{s.dial_ring_seconds},{options}"
+        await session.set_variable(ANSWER_STAMP, "")
+        state.dialled_out = True
+        deadline_ms = (s.dial_ring_seconds + state.granted + 120) * 1000
+        await session.exec("Dial", args, timeout_ms=deadline_ms)
+        # the end of the call first, then the rest (these work after a hangup)
+        attempt = Attempt(ended_ms=_int(await session.get_full_variable(NOW_MS_EXPR)))
+        attempt.answered_ms = _int(await session.get_variable(ANSWER_STAMP))
+        attempt.dial_status = (await session.get_variable("DIALSTATUS") or "").strip()
+        attempt.answeredtime_ms = _int(await session.get_variable("ANSWEREDTIME_MS"))
+        attempt.hangup_cause = _int(await session.get_variable("HANGUPCAUSE"))
+        attempt.ring_ms = _int(await session.get_variable("RINGTIME_MS"))
+        return attempt
+
+    async def _settle(self, session: AgiSession, state: CallState) -> None:
+        attempt = state.attempt
+        route = state.route
+        assert route is not None and state.account is not None
+        billsec, note = talk_seconds(attempt)
+        if note:
+            log.error("%s: %s", state.uniqueid, note)
+        state.billsec = billsec
+        state.note = note
+        charged_seconds = min(billsec, state.granted)
+        status = "OK"
+        if attempt.dial_status in FAILOVER_STATUSES or not attempt.dial_status:
+            status = "ROUTE_FAILED"
+        record = self._record(state, status)
+        record = replace(
+            record,
+            cost=cost(route.rate, charged_seconds),
+            buy_cost=buy_cost(route.rate, charged_seconds),
+        )
+        try:
+            settled = await self.ledger.settle(record)
+        except StoreError as exc:
+            log.error(
+                "%s: settle failed, the reservation stays open for the reaper: %s",
+                state.uniqueid,
+                exc,
+            )
+            self._log_call(state, "ERROR", record.cost, f"settle failed: {exc}")
+            await self._set_outcome(session, status)
+            return
+        self._log_call(state, status, settled.charged, note)
+        await self._set_outcome(session, status)
+
+    def _record(self, state: CallState, status: str) -> CallRecord:
+        attempt = state.attempt
+        route = state.route
+        return CallRecord(
+            uniqueid=state.uniqueid,
+            status=CallStatus(status),
+            started_at=state.started_at,
+            account_id=state.account.id if state.account else None,
+            script=state.script,
+            channel=state.channel,
+            callerid=state.callerid,
+            dialed_number=state.dialled[:64],
+            number=state.number,
+            prefix=route.rate.prefix if route else "",
+            destination=route.rate.destination if route else "",
+            rate_table=route.table if route else "",
+            rate_id=route.rate.id if route else None,
+            sell_rate=route.rate.rate if route else None,
+            buy_rate=route.rate.buy_rate if route else None,
+            trunk=(route.trunk or "") if route else "",
+            answered_at=_epoch_ms_to_datetime(attempt.answered_ms)
+            if attempt.dial_status == "ANSWER"
+            else None,
+            ended_at=_epoch_ms_to_datetime(attempt.ended_ms),
+            billsec=state.billsec,
+            granted_seconds=state.granted,
+            pdd_ms=attempt.ring_ms,
+            dial_status=attempt.dial_status,
+            hangup_cause=attempt.hangup_cause,
+            server=self.settings.server,
+            note=state.note,
+        )
+
+    # ------------------------------------------------------------------ endings
+
+    async def _finish(
+        self, session: AgiSession, state: CallState, status: str, reason: str
+    ) -> None:
+        """End a call that was not dialled: record the attempt, tell the dialplan why."""
+        log.info("%s: %s (%s)", state.uniqueid, status, reason)
+        state.note = reason
+        if state.reserved:
+            await self._release(state, reason)
+        try:
+            await self.ledger.record_attempt(self._record(state, status))
+        except StoreError as exc:
+            log.error("%s: cannot record the refused attempt: %s", state.uniqueid, exc)
+        self._log_call(state, status, Decimal(0), reason)
+        await self._set_outcome(session, status)
+
+    async def _release(self, state: CallState, reason: str) -> None:
+        try:
+            await self.ledger.release(state.uniqueid, reason)
+            state.reserved = False
+        except StoreError as exc:
+            log.error("%s: cannot release the reservation: %s", state.uniqueid, exc)
+
+    async def _set_outcome(self, session: AgiSession, status: str) -> None:
+        """Tell the dialplan (these variables work after a hangup too); never raises."""
+        try:
+            await session.set_variable("CALLGATE_STATUS", status)
+            await session.set_variable("CALLGATE_HANGUPCAUSE", HANGUP_CAUSES.get(status, 41))
+        except AgiError as exc:
+            log.debug("cannot set CALLGATE_STATUS=%s: %s", status, exc)
+
+    def _log_call(self, state: CallState, status: str, charged: Decimal, reason: str) -> None:
+        account = state.account.number if state.account else "-"
+        calls_log.info(
+            "uniqueid=%s account=%s destination=%s billsec=%d cost=%s status=%s dialstatus=%s "
+            "cause=%s%s",
+            state.uniqueid,
+            account,
+            state.number or state.dialled or "-",
+            state.billsec,
+            charged,
+            status,
+            state.attempt.dial_status or "-",
+            state.attempt.hangup_cause if state.attempt.hangup_cause is not None else "-",
+            f" note={reason!r}" if reason else "",
+        )
+
+    # ------------------------------------------------------------------ calling card lockout
+
+    def _card_failure(self, callerid: str) -> None:
+        count, _ = self._card_failures.get(callerid, (0, 0.0))
+        self._card_failures[callerid] = (count + 1, time.monotonic())
+
+    def _locked_out(self, callerid: str) -> bool:
+        count, last = self._card_failures.get(callerid, (0, 0.0))
+        if count < self.settings.card_lockout_failures:
+            return False
+        if time.monotonic() - last > self.settings.card_lockout_seconds:
+            self._card_failures.pop(callerid, None)
+            return False
+        return True
+
+
+def _pricer(route: Route, cap: int) -> Callable[[Decimal], tuple[int, Decimal]]:
+    def price(available: Decimal) -> tuple[int, Decimal]:
+        seconds, amount = grant(route, available, cap)
+        if seconds <= 0:
+            raise InsufficientCreditError(route.rate.prefix, available, cost(route.rate, 1))
+        return seconds, amount
+
+    return price
+
+
+__all__ = ["CallFlows", "FlowSettings", "Grant", "dial_string", "limit_option", "talk_seconds"]

@@ -1,0 +1,185 @@
+"""The SQL side of the call flows: account lookup and the ledger, bound to an engine.
+
+These adapters implement the ports of ``callgate.agi.flows.ports``; ``callgate.cli.serve``
+builds them. Trunks and plan options are small tables held in memory (:class:`RoutingData`),
+refreshed with the rate indexes, so the call path runs no SQL for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate.rating import CallPlan
+from callgate.schema.tables import call_plans, trunks
+from callgate.store import accounts as account_store
+from callgate.store import ledger
+from callgate.store._errors_map import mapped_errors
+from callgate.store.accounts import Account
+from callgate.store.ports import CallerAccount, Grant, Refused, SettledCall, TrunkInfo
+
+log = logging.getLogger(__name__)
+NO_LIMITS = ledger.Limits()
+
+
+def caller_account(account: Account, now: datetime | None = None) -> CallerAccount:
+    moment = now or datetime.now(UTC)
+    ends = ledger.expiry_time(account)
+    return CallerAccount(
+        id=account.id,
+        number=account.number,
+        alias=account.alias,
+        call_plan_id=account.call_plan_id,
+        status=account.status.value,
+        language=account.language,
+        balance=account.balance,
+        debit_limit=account.debit_limit,
+        expired=ends is not None and moment >= ends,
+    )
+
+
+class SqlAccounts:
+    """AccountLookup over the database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def find_for_call(
+        self, *, accountcode: str, argument: str, callerid: str
+    ) -> CallerAccount | None:
+        async with mapped_errors("account lookup"), self.engine.connect() as conn:
+            found: Account | None = None
+            if accountcode:
+                found = await account_store.fetch_account_by_number(conn, accountcode)
+            if found is None and argument:
+                found = await account_store.fetch_account_by_number(conn, argument)
+                if found is None:
+                    found = await account_store.fetch_account_by_alias(conn, argument)
+            if found is None and callerid:
+                found = await account_store.fetch_account_by_callerid(conn, callerid)
+        return None if found is None else caller_account(found)
+
+    async def find_by_pin(self, pin: str) -> CallerAccount | None:
+        async with mapped_errors("PIN lookup"), self.engine.connect() as conn:
+            found = await account_store.fetch_account_by_number(conn, pin)
+        return None if found is None else caller_account(found)
+
+
+class SqlLedger:
+    """Ledger port over :mod:`callgate.store.ledger`."""
+
+    def __init__(self, engine: AsyncEngine, *, grace_seconds: int, server: str = "") -> None:
+        self.engine = engine
+        self.grace_seconds = grace_seconds
+        self.server = server
+
+    async def reserve(
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        price: ledger.Pricer,
+        now: datetime,
+        trunk: str,
+        rate_id: int | None,
+        limits: ledger.Limits = NO_LIMITS,
+    ) -> Grant:
+        try:
+            res = await ledger.reserve(
+                self.engine,
+                account_id=account_id,
+                uniqueid=uniqueid,
+                price=price,
+                now=now,
+                grace_seconds=self.grace_seconds,
+                limits=limits,
+                trunk=trunk,
+                rate_id=rate_id,
+                server=self.server,
+            )
+        except ledger.LedgerRefusal as exc:
+            raise Refused(exc.status.value, str(exc)) from exc
+        return Grant(res.granted_seconds, res.amount, res.available)
+
+    async def regrant(
+        self,
+        *,
+        uniqueid: str,
+        price: ledger.Pricer,
+        now: datetime,
+        trunk: str,
+        rate_id: int | None,
+    ) -> Grant:
+        try:
+            res = await ledger.regrant(
+                self.engine,
+                uniqueid=uniqueid,
+                price=price,
+                now=now,
+                grace_seconds=self.grace_seconds,
+                trunk=trunk,
+                rate_id=rate_id,
+            )
+        except ledger.LedgerRefusal as exc:
+            raise Refused(exc.status.value, str(exc)) from exc
+        return Grant(res.granted_seconds, res.amount, res.available)
+
+    async def settle(self, record: ledger.CallRecord) -> SettledCall:
+        result = await ledger.settle(self.engine, record)
+        return SettledCall(result.charged, result.balance, result.already_settled)
+
+    async def release(self, uniqueid: str, note: str) -> None:
+        await ledger.release(self.engine, uniqueid, note=note)
+
+    async def record_attempt(self, record: ledger.CallRecord) -> None:
+        await ledger.record_attempt(self.engine, record)
+
+
+class RoutingData:
+    """RoutePlans: call plans from a plan source (the rate cache), trunks and plan options in
+    memory. :meth:`refresh` reloads trunks and plan options (two small queries)."""
+
+    def __init__(self, engine: AsyncEngine, plan_source: Callable[[int], CallPlan | None]) -> None:
+        self.engine = engine
+        self._plan_source = plan_source
+        self._trunks: dict[str, TrunkInfo] = {}
+        self._strip_international: dict[int, bool] = {}
+
+    async def refresh(self) -> None:
+        async with mapped_errors("routing data"), self.engine.connect() as conn:
+            trunk_rows = (await conn.execute(select(trunks))).all()
+            plan_rows = (
+                await conn.execute(
+                    select(call_plans.c.id, call_plans.c.remove_international_prefix)
+                )
+            ).all()
+        by_id = {row.id: row.name for row in trunk_rows}
+        self._trunks = {
+            row.name: TrunkInfo(
+                name=row.name,
+                technology=row.technology,
+                peer=row.peer,
+                dial_prefix=row.dial_prefix,
+                strip_digits=row.strip_digits,
+                dial_options=row.dial_options,
+                failover=by_id.get(row.failover_trunk_id),
+                active=row.status == "active",
+            )
+            for row in trunk_rows
+        }
+        self._strip_international = {
+            row.id: bool(row.remove_international_prefix) for row in plan_rows
+        }
+
+    def plan(self, plan_id: int) -> CallPlan | None:
+        return self._plan_source(plan_id)
+
+    def remove_international_prefix(self, plan_id: int) -> bool:
+        return self._strip_international.get(plan_id, True)
+
+    def trunk(self, name: str) -> TrunkInfo | None:
+        return self._trunks.get(name)

@@ -1,0 +1,130 @@
+"""What the call flows need from the rest of callgate, as small interfaces (one per use case).
+
+They are declared here, beside the store errors the adapters raise; ``callgate.cli.serve`` builds
+the real ones (``callgate.store.callstore``: SQL and the rate cache) and hands them in, and the
+flows never touch SQL. They share two plain values with the store: the
+billing record :class:`~callgate.store.ledger.CallRecord` and the ``Pricer`` signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from callgate.rating import CallPlan
+from callgate.store.ledger import CallRecord, Pricer
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAccount:
+    """The paying account of a call, as the flows see it."""
+
+    id: int
+    number: str
+    alias: str
+    call_plan_id: int
+    status: str
+    language: str
+    balance: Decimal
+    debit_limit: Decimal
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkInfo:
+    """How to dial out through a trunk."""
+
+    name: str
+    technology: str  # PJSIP, SIP, IAX2, DAHDI, Local
+    peer: str
+    dial_prefix: str = ""
+    strip_digits: int = 0
+    dial_options: str = ""
+    failover: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A reservation the ledger made: how long the call may last and what is held for it."""
+
+    granted_seconds: int
+    amount: Decimal
+    available: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class SettledCall:
+    charged: Decimal
+    balance: Decimal
+    already_settled: bool
+
+
+class Refused(Exception):
+    """The ledger or a check refused the call; ``status`` is the CALLGATE_STATUS."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class AccountLookup(Protocol):
+    async def find_for_call(
+        self, *, accountcode: str, argument: str, callerid: str
+    ) -> CallerAccount | None:
+        """The account by accountcode, then the AGI argument (number or alias), then caller ID."""
+        ...
+
+    async def find_by_pin(self, pin: str) -> CallerAccount | None:
+        """The account whose number is ``pin`` (calling-card mode)."""
+        ...
+
+
+class RoutePlans(Protocol):
+    def plan(self, plan_id: int) -> CallPlan | None:
+        """The call plan with its in-memory rate indexes (no SQL)."""
+        ...
+
+    def remove_international_prefix(self, plan_id: int) -> bool:
+        """Whether the plan strips 00/011... before rating."""
+        ...
+
+    def trunk(self, name: str) -> TrunkInfo | None:
+        """A trunk by name (in memory)."""
+        ...
+
+
+class Ledger(Protocol):
+    async def reserve(
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        price: Pricer,
+        now: datetime,
+        trunk: str,
+        rate_id: int | None,
+    ) -> Grant:
+        """Reserve under the account lock; raises Refused (NO_CREDIT, CHANNEL_LIMIT...)."""
+        ...
+
+    async def regrant(
+        self, *, uniqueid: str, price: Pricer, now: datetime, trunk: str, rate_id: int | None
+    ) -> Grant:
+        """Recompute the reservation for a failover route; raises Refused when unpayable."""
+        ...
+
+    async def settle(self, record: CallRecord) -> SettledCall:
+        """Charge, close the reservation and write the billing record (idempotent)."""
+        ...
+
+    async def release(self, uniqueid: str, note: str) -> None:
+        """Close a reservation without a charge."""
+        ...
+
+    async def record_attempt(self, record: CallRecord) -> None:
+        """Write the billing record of an attempt that was never reserved."""
+        ...

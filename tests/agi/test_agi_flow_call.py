@@ -1,0 +1,285 @@
+"""The `call` and `card` flows end to end: a fake Asterisk over real TCP, a real database.
+
+Each test drives whole calls through the FastAGI server with the Asterisk emulator of
+``callgate.agi.client`` and checks the billing records and balances in the database (both
+backends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate.agi.client import (
+    AsteriskEmulator,
+    ChannelSpec,
+    DialOutcome,
+    DialStatus,
+    FakeAsterisk,
+    FakeCallResult,
+)
+from callgate.agi.flows.call import CallFlows, FlowSettings
+from callgate.agi.server import AgiServer
+from callgate.rating import CallPlan, PlanTable, PrefixIndex, Rate, RoutingMode
+from callgate.schema.tables import accounts, calls, reservations
+from callgate.store import accounts as account_store
+from callgate.store import plans
+from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger
+
+UK = Rate(
+    prefix="44",
+    rate=Decimal("0.60"),
+    initial_block=30,
+    increment=6,
+    buy_rate=Decimal("0.30"),
+    destination="UK",
+    trunk="carrier-a",
+)
+UK_BACKUP = Rate(
+    prefix="44",
+    rate=Decimal("0.90"),
+    initial_block=60,
+    increment=60,
+    buy_rate=Decimal("0.50"),
+    destination="UK (backup)",
+    trunk="carrier-c",
+)
+
+
+@dataclass
+class Harness:
+    engine: AsyncEngine
+    server: AgiServer
+    asterisk: FakeAsterisk
+    account: account_store.Account
+
+    async def call(self, emulator: AsteriskEmulator) -> FakeCallResult:
+        return await self.asterisk.call(emulator.spec, emulator)
+
+    async def balance(self) -> Decimal:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(accounts.c.balance).where(accounts.c.id == self.account.id)
+            )
+        assert isinstance(value, Decimal)
+        return value
+
+    async def call_row(self, uniqueid: str) -> dict[str, object]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(calls.c.uniqueid == uniqueid))).one()
+        return dict(row._mapping)
+
+    async def open_reservations(self) -> int:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(reservations).where(reservations.c.status == "open"))
+            ).all()
+        return len(rows)
+
+
+@pytest.fixture
+async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
+    async with engine.begin() as conn:
+        await plans.create_trunk(conn, name="carrier-b", technology="SIP", peer="gw-b")
+        await plans.create_trunk(
+            conn,
+            name="carrier-a",
+            technology="PJSIP",
+            peer="gw-a",
+            dial_prefix="00",
+            failover="carrier-b",
+        )
+        await plans.create_trunk(conn, name="carrier-c", technology="IAX2", peer="gw-c")
+        plan_row = await plans.create_call_plan(conn, name="retail")
+        account = await account_store.create_account(
+            conn, call_plan_id=plan_row.id, number="1000000001", balance=Decimal("1.00")
+        )
+        await account_store.add_callerid(conn, account.id, "5551001")
+    plan = CallPlan(
+        name="retail",
+        mode=RoutingMode.LCR,
+        max_call_seconds=3600,
+        tables=(
+            PlanTable("std", 1, PrefixIndex("std", [UK])),
+            PlanTable("backup", 2, PrefixIndex("backup", [UK_BACKUP])),
+        ),
+    )
+    routing = RoutingData(engine, lambda plan_id: plan if plan_id == plan_row.id else None)
+    await routing.refresh()
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=routing,
+        ledger=SqlLedger(engine, grace_seconds=60),
+        settings=FlowSettings(dial_warning_seconds=30),
+    )
+    server = AgiServer({"call": flows.call, "card": flows.card}, port=0)
+    await server.start()
+    try:
+        yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account)
+    finally:
+        await server.shutdown(1)
+
+
+FROZEN_MS = 1_763_769_600_000  # the emulated Asterisk clock stands still but for simulated time
+
+
+def _emulator(spec: ChannelSpec, **kwargs: Any) -> AsteriskEmulator:
+    return AsteriskEmulator(spec, clock_ms=lambda: FROZEN_MS, **kwargs)
+
+
+def _spec(uniqueid: str, **changes: object) -> ChannelSpec:
+    values: dict[str, object] = {
+        "uniqueid": uniqueid,
+        "extension": "00442079460000",
+        "accountcode": "1000000001",
+    }
+    values.update(changes)
+    return ChannelSpec(**values)  # type: ignore[arg-type]
+
+
+async def test_answered_call_is_limited_and_billed_from_the_answer_stamp(
+    harness: Harness,
+) -> None:
+    spec = _spec("call-1")
+    emulator = _emulator(spec, dial_outcomes=[DialOutcome.answered(61_000, ring_ms=4_000)])
+    result = await harness.call(emulator)
+    assert result.ok and not emulator.violations
+    (dial,) = emulator.dials
+    # 1.00 at 0.60/min, 30/6: 96 s granted, dialled via carrier-a's prefix 00, warning at 30 s
+    assert dial.destination == "PJSIP/00442079460000@gw-a"
+    assert dial.limit_ms == 96_000 and "L(96000:30000)" in dial.options
+    assert dial.stamped
+    row = await harness.call_row("call-1")
+    assert row["billsec"] == 61 and row["status"] == "OK" and row["dial_status"] == "ANSWER"
+    assert row["cost"] == Decimal("0.66000") and row["buy_cost"] == Decimal(
+        "0.30500"
+    )  # buy side: per second
+    assert row["prefix"] == "44" and row["trunk"] == "carrier-a" and row["number"] == "442079460000"
+    assert await harness.balance() == Decimal("0.34000")
+    assert await harness.open_reservations() == 0
+    assert emulator.variables["CALLGATE_STATUS"] == "OK"
+    assert emulator.variables["CALLGATE_ACCOUNT"] == "1000000001"
+    assert emulator.variables["CALLGATE_MAXSEC"] == "96"
+
+
+async def test_limit_cuts_the_call_and_the_charge_never_exceeds_the_grant(
+    harness: Harness,
+) -> None:
+    emulator = _emulator(
+        _spec("call-2"), dial_outcomes=[DialOutcome.answered(3_600_000, ring_ms=1_000)]
+    )
+    assert (await harness.call(emulator)).ok
+    assert emulator.dials[0].ended_by == "limit"
+    row = await harness.call_row("call-2")
+    assert row["billsec"] == 96 and row["cost"] == Decimal("0.96000")
+    assert await harness.balance() == Decimal("0.04000")
+    # nothing left for a first block: the next call is refused and not dialled
+    refused = _emulator(_spec("call-3"))
+    assert (await harness.call(refused)).ok
+    assert refused.dials == []
+    assert refused.variables["CALLGATE_STATUS"] == "NO_CREDIT"
+    assert refused.variables["CALLGATE_HANGUPCAUSE"] == "21"
+    assert (await harness.call_row("call-3"))["status"] == "NO_CREDIT"
+
+
+@pytest.mark.parametrize("status", [DialStatus.BUSY, DialStatus.NOANSWER])
+async def test_unanswered_calls_are_free_and_recorded(harness: Harness, status: DialStatus) -> None:
+    emulator = _emulator(_spec("call-4"), dial_outcomes=[DialOutcome.failed(status)])
+    assert (await harness.call(emulator)).ok
+    assert len(emulator.dials) == 1  # BUSY and NOANSWER do not fail over
+    row = await harness.call_row("call-4")
+    assert row["dial_status"] == status.value and row["cost"] == 0 and row["billsec"] == 0
+    assert await harness.balance() == Decimal("1.00000")
+    assert await harness.open_reservations() == 0
+
+
+async def test_failover_to_the_trunks_backup_then_to_the_next_route(harness: Harness) -> None:
+    emulator = _emulator(
+        _spec("call-5"),
+        dial_outcomes=[
+            DialOutcome.failed(DialStatus.CHANUNAVAIL),
+            DialOutcome.failed(DialStatus.CONGESTION),
+            DialOutcome.answered(30_000),
+        ],
+    )
+    assert (await harness.call(emulator)).ok
+    assert [d.destination for d in emulator.dials] == [
+        "PJSIP/00442079460000@gw-a",
+        "SIP/gw-b/442079460000",
+        "IAX2/gw-c/442079460000",
+    ]
+    # the backup route is 0.90/min 60/60: the grant is recomputed for it, 1.00 buys 60 s
+    row = await harness.call_row("call-5")
+    assert row["rate_table"] == "backup" and row["granted_seconds"] == 60
+    assert emulator.dials[2].limit_ms == 60_000
+    assert row["billsec"] == 30 and row["cost"] == Decimal("0.90000")
+    assert emulator.variables["CALLGATE_MAXSEC"] == "60"
+
+
+async def test_caller_hangup_during_dial_bills_the_talk_so_far(harness: Harness) -> None:
+    emulator = _emulator(
+        _spec("call-6"), dial_outcomes=[DialOutcome.caller_hangs_up(20_500, ring_ms=2_000)]
+    )
+    result = await harness.call(emulator)
+    assert result.ok
+    row = await harness.call_row("call-6")
+    assert row["billsec"] == 19  # 18.5 s of talk, a started second is a second
+    assert row["cost"] == Decimal("0.30000")  # the first 30 s block
+    assert emulator.variables["CALLGATE_STATUS"] == "OK"
+
+
+async def test_unknown_caller_is_refused_and_nothing_is_dialled(harness: Harness) -> None:
+    emulator = _emulator(_spec("call-7", accountcode="", callerid="5559999"))
+    assert (await harness.call(emulator)).ok
+    assert emulator.dials == []
+    assert emulator.variables["CALLGATE_STATUS"] == "NO_ACCOUNT"
+    assert (await harness.call_row("call-7"))["account_id"] is None
+
+
+async def test_identified_by_caller_id_or_argument(harness: Harness) -> None:
+    by_cid = _emulator(_spec("call-8", accountcode=""))
+    assert (await harness.call(by_cid)).ok
+    assert by_cid.variables["CALLGATE_ACCOUNT"] == "1000000001"
+    by_arg = _emulator(_spec("call-9", accountcode="", callerid="", args=(harness.account.alias,)))
+    assert (await harness.call(by_arg)).ok
+    assert by_arg.variables["CALLGATE_ACCOUNT"] == "1000000001"
+
+
+async def test_no_rate_for_the_destination(harness: Harness) -> None:
+    emulator = _emulator(_spec("call-10", extension="0033123456789"))
+    assert (await harness.call(emulator)).ok
+    assert emulator.dials == [] and emulator.variables["CALLGATE_STATUS"] == "NO_RATE"
+    assert emulator.variables["CALLGATE_HANGUPCAUSE"] == "3"
+
+
+async def test_missing_answer_stamp_is_billed_from_answeredtime(harness: Harness) -> None:
+    emulator = _emulator(
+        _spec("call-11"), dial_outcomes=[DialOutcome.answered(40_000, ring_ms=1_000)]
+    )
+    emulator.spec = _spec("someone-else")  # the U() stamp lands on another channel
+    result = await harness.asterisk.call(_spec("call-11"), emulator)
+    assert result.ok
+    row = await harness.call_row("call-11")
+    assert row["billsec"] == 40 and row["cost"] == Decimal("0.42000")
+    assert "answer stamp" in str(row["note"])
+
+
+async def test_calling_card_prompts_announces_and_dials(harness: Harness) -> None:
+    spec = _spec("card-1", script="card", accountcode="", callerid="5557777")
+    emulator = _emulator(
+        spec,
+        digits=["999", "1000000001", "442079460000"],
+        dial_outcomes=[DialOutcome.answered(10_000)],
+    )
+    assert (await harness.call(emulator)).ok
+    verbs = [c.line for c in (await harness.call(_emulator(_spec("x", script="nope")))).commands]
+    assert verbs and verbs[0].startswith("VERBOSE")
+    assert emulator.variables["CALLGATE_STATUS"] == "OK"
+    row = await harness.call_row("card-1")
+    assert row["script"] == "card" and row["billsec"] == 10
