@@ -231,12 +231,15 @@ def encode_command(command: str, *args: str | int) -> bytes:
 def split_command(line: str) -> tuple[str, ...]:
     """Split a command line exactly as Asterisk's ``parse_args()`` does (the inverse of
     `encode_command`)."""
+    line = line.rstrip("\r\n")
+    if '"' not in line and "\\" not in line:
+        return tuple(word for word in line.replace("\t", " ").split(" ") if word)
     argv: list[str] = []
     current: list[str] = []
     in_word = False
     quoted = False
     escaped = False
-    for char in line.rstrip("\r\n"):
+    for char in line:
         if char == '"' and not escaped:
             quoted = not quoted
             if quoted and not in_word:
