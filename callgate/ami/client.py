@@ -56,6 +56,7 @@ from callgate.ami.errors import (
     AmiTimeout,
 )
 from callgate.ami.metrics import ConnectOutcome
+from callgate.config import AmiSettings, Secret
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class AmiClient:
         host: str,
         port: int,
         username: str,
-        secret: str,
+        secret: str | Secret,
         *,
         events: bool | str = True,
         md5: bool = False,
@@ -240,6 +241,8 @@ class AmiClient:
         ):
             if value <= 0:
                 raise ValueError(f"{label} must be > 0")
+        if isinstance(secret, Secret):
+            secret = secret.value
         if any(c in username + secret for c in "\r\n\x00"):
             raise ValueError("AMI username or secret contains CR, LF or NUL")
         self.host = host
@@ -267,7 +270,32 @@ class AmiClient:
         self._closed = False
         self._connected = asyncio.Event()
         self.stats = AmiStats()
+        self._m_events = metrics.AMI_EVENTS.labels(server=name)  # hot path: resolve labels once
+        self._m_dropped = metrics.AMI_EVENTS_DROPPED.labels(server=name)
         metrics.AMI_CONNECTED.labels(server=name).set(0)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: AmiSettings,
+        *,
+        on_login: OnLogin | None = None,
+        name: str = "asterisk",
+        events: bool | str = True,
+    ) -> AmiClient:
+        """The client described by ``[ami]`` of the settings."""
+        return cls(
+            settings.host,
+            settings.port,
+            settings.username,
+            settings.secret,
+            events=events,
+            md5=settings.md5,
+            ping_interval=float(settings.ping_interval_seconds),
+            backoff_max=float(settings.reconnect_max_seconds),
+            on_login=on_login,
+            name=name,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -364,11 +392,11 @@ class AmiClient:
 
     def _publish(self, message: AmiMessage) -> None:
         self.stats.events += 1
-        metrics.AMI_EVENTS.labels(server=self.name).inc()
+        self._m_events.inc()
         for sub in self._subs:
             if sub.wants(message) and not sub.offer(message):
                 self.stats.events_dropped += 1
-                metrics.AMI_EVENTS_DROPPED.labels(server=self.name).inc()
+                self._m_dropped.inc()
                 if sub.dropped == 1 or sub.dropped % 1000 == 0:
                     log.warning(
                         "AMI %s: subscriber queue full (%d), %d event(s) dropped so far",

@@ -19,7 +19,7 @@ header, so callers read ``get_all("Output")`` for both.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from callgate.ami.errors import AmiProtocolError
@@ -32,8 +32,10 @@ BANNER_MARK = b"Call Manager/"  # "Asterisk Call Manager/11.0.0"
 SENSITIVE_KEYS = frozenset({"secret", "key"})
 MASK = "********"
 
-_FOLLOWS = b"Response: Follows"
+_END = b"\r\n\r\n"
+_FOLLOWS_LINE = b"Response: Follows\r\n"
 _END_COMMAND = "--END COMMAND--"
+_END_FOLLOWS = b"--END COMMAND--\r\n\r\n"
 _FOLLOWS_HEADERS = frozenset({"privilege", "actionid"})
 _FORBIDDEN_IN_VALUE = ("\r", "\n", "\x00")
 
@@ -58,6 +60,14 @@ class AmiMessage:
     """
 
     headers: tuple[tuple[str, str], ...]
+    # lower-cased key -> index of its first header: every lookup is O(1)
+    _first: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first: dict[str, int] = {}
+        for i, (key, _) in enumerate(self.headers):
+            first.setdefault(key.lower(), i)
+        object.__setattr__(self, "_first", first)
 
     @classmethod
     def of(cls, *pairs: tuple[str, str], **fields: str) -> AmiMessage:
@@ -66,11 +76,8 @@ class AmiMessage:
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The first value of ``key``, or ``default``."""
-        wanted = key.lower()
-        for k, v in self.headers:
-            if k.lower() == wanted:
-                return v
-        return default
+        i = self._first.get(key.lower())
+        return default if i is None else self.headers[i][1]
 
     def get_all(self, key: str) -> list[str]:
         """Every value of ``key``, in order (``Output`` lines, ``Variable`` ...)."""
@@ -78,15 +85,16 @@ class AmiMessage:
         return [v for k, v in self.headers if k.lower() == wanted]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
+        return isinstance(key, str) and key.lower() in self._first
 
     @property
     def kind(self) -> AmiMessageKind:
-        if "Event" in self:
+        first = self._first
+        if "event" in first:
             return AmiMessageKind.EVENT
-        if "Response" in self:
+        if "response" in first:
             return AmiMessageKind.RESPONSE
-        if "Action" in self:
+        if "action" in first:
             return AmiMessageKind.ACTION
         return AmiMessageKind.OTHER
 
@@ -139,34 +147,23 @@ class AmiMessage:
 class AmiParser:
     """Incremental AMI parser. ``feed`` returns the messages completed by the new bytes.
 
-    After an :class:`AmiProtocolError` the parser is spent: drop the connection.
+    A message is found by searching the buffer for its ``\\r\\n\\r\\n`` end (in C, resuming
+    where the last search stopped), then decoded and split in one go. After an
+    :class:`AmiProtocolError` the parser is spent: drop the connection.
     """
 
-    __slots__ = (
-        "_buf",
-        "_lines",
-        "_size",
-        "_max",
-        "_need_banner",
-        "_banner",
-        "_follows",
-        "_follows_ended",
-        "_failed",
-    )
+    __slots__ = ("_buf", "_scan", "_max", "_need_banner", "_banner", "_failed")
 
     def __init__(
         self, *, expect_banner: bool = True, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         if max_message_bytes < 64:
             raise ValueError("max_message_bytes must be at least 64")
-        self._buf = bytearray()  # only ever an incomplete line
-        self._lines: list[bytes] = []  # raw lines of the message being read, without EOL
-        self._size = 0  # bytes of the message being read, consumed so far
+        self._buf = bytearray()  # only ever the message not yet complete
+        self._scan = 0  # where the next search for an end may start
         self._max = max_message_bytes
         self._need_banner = expect_banner
         self._banner: str | None = None
-        self._follows = False
-        self._follows_ended = False
         self._failed = False
 
     @property
@@ -177,7 +174,7 @@ class AmiParser:
     @property
     def pending_bytes(self) -> int:
         """Bytes held for the message not yet complete."""
-        return self._size + len(self._buf)
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[AmiMessage]:
         if self._failed:
@@ -192,66 +189,48 @@ class AmiParser:
         buf = self._buf
         buf += data
         out: list[AmiMessage] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
+        pos = 0
+        if self._need_banner:
+            nl = buf.find(b"\n")
             if nl < 0:
-                break
-            end = nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
-            line = bytes(buf[start:end])
-            consumed = nl + 1 - start
-            start = nl + 1
-            message = self._line(line, consumed)
-            if message is not None:
-                out.append(message)
-        del buf[:start]
-        if self._need_banner:
-            if len(buf) > MAX_BANNER_BYTES:
-                raise AmiProtocolError(f"no AMI banner within {MAX_BANNER_BYTES} bytes")
-        elif self._size + len(buf) > self._max:
-            raise AmiProtocolError(f"AMI message larger than {self._max} bytes without its end")
-        return out
-
-    def _line(self, line: bytes, consumed: int) -> AmiMessage | None:
-        if self._need_banner:
+                if len(buf) > MAX_BANNER_BYTES:
+                    raise AmiProtocolError(f"no AMI banner within {MAX_BANNER_BYTES} bytes")
+                return out
+            line = bytes(buf[:nl]).rstrip(b"\r")
             if BANNER_MARK not in line:
                 raise AmiProtocolError(f"not an AMI banner: {line[:80]!r}")
             self._banner = line.decode("utf-8", "replace")
             self._need_banner = False
-            return None
-        if self._follows and not self._follows_ended:
-            self._grow(consumed)
-            self._lines.append(line)
-            if line.endswith(_END_COMMAND.encode()):
-                self._follows_ended = True
-            return None
-        if not line:
-            if not self._lines:
-                return None  # blank lines between messages are harmless
-            return self._finish()
-        self._grow(consumed)
-        if not self._lines and line == _FOLLOWS:
-            self._follows = True
-        self._lines.append(line)
-        return None
-
-    def _grow(self, consumed: int) -> None:
-        self._size += consumed
-        if self._size > self._max:
+            pos = self._scan = nl + 1
+        while True:
+            while buf.startswith(b"\r\n", pos):  # blank lines between messages are harmless
+                pos += 2
+            rest = len(buf) - pos
+            if rest < len(_FOLLOWS_LINE) and _FOLLOWS_LINE.startswith(buf[pos:]):
+                break  # too short to know whether this is the legacy command form
+            follows = buf.startswith(_FOLLOWS_LINE, pos)
+            end_mark = _END_FOLLOWS if follows else _END
+            idx = buf.find(end_mark, max(pos, self._scan))
+            if idx < 0:
+                self._scan = max(pos, len(buf) - len(end_mark) + 1)
+                break
+            size = idx + 2 - pos  # the message's lines, each with its CRLF
+            if size > self._max:
+                raise AmiProtocolError(f"AMI message of {size} bytes, above {self._max}")
+            if follows:
+                text = buf[pos : idx + len(_END_COMMAND)].decode("utf-8", "replace")
+                out.append(AmiMessage(_parse_follows(text.split("\n"))))
+            else:
+                # One decode per complete message: a character split across reads is whole here.
+                text = buf[pos:idx].decode("utf-8", "replace")
+                out.append(AmiMessage(_split_headers(text)))
+            pos = idx + len(end_mark)
+            self._scan = pos
+        del buf[:pos]
+        self._scan -= pos
+        if len(buf) > self._max + 2:
             raise AmiProtocolError(f"AMI message larger than {self._max} bytes without its end")
-
-    def _finish(self) -> AmiMessage:
-        # One decode per complete message: a character split across reads is whole here.
-        text = b"\n".join(self._lines).decode("utf-8", "replace")
-        follows = self._follows
-        self._lines = []
-        self._size = 0
-        self._follows = False
-        self._follows_ended = False
-        lines = text.split("\n")
-        if follows:
-            return AmiMessage(_parse_follows(lines))
-        return AmiMessage(tuple(_split_header(line) for line in lines))
+        return out
 
 
 def _split_header(line: str) -> tuple[str, str]:
@@ -259,11 +238,23 @@ def _split_header(line: str) -> tuple[str, str]:
     if not sep:
         return ("", line)
     # Asterisk writes "Key: Value": drop exactly that one space, keep the rest (CLI indentation).
-    return (key.strip(), value[1:] if value.startswith(" ") else value)
+    return (key, value[1:] if value[:1] == " " else value)
+
+
+def _split_headers(text: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for line in text.split("\r\n"):
+        key, sep, value = line.partition(": ")  # the common case, in one C call
+        if sep and ":" not in key:
+            out.append((key, value))
+        else:
+            out.append(_split_header(line))
+    return tuple(out)
 
 
 def _parse_follows(lines: list[str]) -> tuple[tuple[str, str], ...]:
     """``Response: Follows`` + Privilege/ActionID + raw output + ``--END COMMAND--``."""
+    lines = [line.removesuffix("\r") for line in lines]
     headers: list[tuple[str, str]] = [_split_header(lines[0])]
     i = 1
     while i < len(lines):

@@ -32,6 +32,7 @@ from callgate.ami.fakeserver import (
     recorded_messages,
     split_at,
 )
+from callgate.config import AmiSettings, Secret
 
 SESSION = Path(__file__).parents[1] / "data" / "transcripts" / "ami-session.raw"
 RAW_EVENTS = [m for m in recorded_messages(load_session(SESSION)) if m.startswith(b"Event: ")]
@@ -465,6 +466,17 @@ async def test_secret_never_logged(server: FakeAmiServer, caplog: pytest.LogCapt
         assert credential not in caplog.text  # ... without the credentials
         assert credential not in str(info.value)
     assert SECRET not in repr(server.actions)
+
+
+async def test_from_settings_takes_the_masked_secret(server: FakeAmiServer) -> None:
+    settings = AmiSettings(
+        enabled=True, port=server.port, username=USER, secret=Secret(SECRET), md5=True
+    )
+    client = AmiClient.from_settings(settings, name=f"test-{uuid.uuid4().hex[:8]}")
+    assert SECRET not in repr(client)
+    async with client:
+        assert (await server.wait_action("Login")).get("AuthType") == "md5"
+        assert client.connected
 
 
 async def test_close_fails_pending_actions(server: FakeAmiServer) -> None:
