@@ -16,6 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from callgate.agi.errors import AgiError, AgiHangup, AgiProtocolError, AgiTimeout
+from callgate.agi.metrics import (
+    AGI_ACTIVE_SESSIONS,
+    AGI_CONNECTIONS,
+    AGI_SESSIONS,
+    ConnectionOutcome,
+    SessionOutcome,
+)
 from callgate.agi.session import (
     DEFAULT_COMMAND_TIMEOUT_MS,
     DEFAULT_HEADER_TIMEOUT_MS,
@@ -192,27 +199,30 @@ class AgiServer:
             address = address.ipv4_mapped
         return any(address in network for network in self._allow)
 
+    def _refuse(self, writer: asyncio.StreamWriter, outcome: ConnectionOutcome) -> None:
+        self.rejected_connections += 1
+        AGI_CONNECTIONS.labels(outcome.value).inc()
+        writer.close()
+
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if not self._allowed(peer):
-            self.rejected_connections += 1
             log.warning("FastAGI connection from %s refused: not in the allowlist", peer)
-            writer.close()
+            self._refuse(writer, ConnectionOutcome.NOT_ALLOWED)
             return
         if self._closing:
-            self.rejected_connections += 1
             log.warning("FastAGI connection from %s refused: shutting down", peer)
-            writer.close()
+            self._refuse(writer, ConnectionOutcome.SHUTTING_DOWN)
             return
-        if self.active_sessions >= self._max_sessions:
-            self.rejected_connections += 1
+        if len(self._tasks) >= self._max_sessions:
             log.warning(
                 "FastAGI connection from %s refused: %d sessions live (max_sessions)",
                 peer,
                 self._max_sessions,
             )
-            writer.close()
+            self._refuse(writer, ConnectionOutcome.OVER_LIMIT)
             return
+        AGI_CONNECTIONS.labels(ConnectionOutcome.ACCEPTED.value).inc()
         task = asyncio.get_running_loop().create_task(
             self._serve(reader, writer, peer), name=f"agi-session-{peer}"
         )
@@ -223,6 +233,8 @@ class AgiServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
     ) -> None:
         session: AgiSession | None = None
+        outcome = SessionOutcome.CANCELLED
+        AGI_ACTIVE_SESSIONS.inc()
         try:
             try:
                 session = await AgiSession.open(
@@ -233,22 +245,26 @@ class AgiServer:
                     max_header_lines=self._max_header_lines,
                 )
             except AgiTimeout as exc:
+                outcome = SessionOutcome.HEADER_TIMEOUT
                 log.warning("FastAGI header from %s: %s", peer, exc)
                 return
             except AgiProtocolError as exc:
                 # A zero-byte connect (health check, port scan) lands here too.
+                outcome = SessionOutcome.NO_HEADER
                 log.info("FastAGI header from %s: %s", peer, exc)
                 return
             current_uniqueid.set(session.env.uniqueid)
-            await self._dispatch(session)
+            outcome = await self._dispatch(session)
         finally:
             if session is not None:
                 await session.close()
             else:
                 await close_writer(writer)
             self.connections_handled += 1
+            AGI_ACTIVE_SESSIONS.dec()
+            AGI_SESSIONS.labels(outcome.value).inc()
 
-    async def _dispatch(self, session: AgiSession) -> None:
+    async def _dispatch(self, session: AgiSession) -> SessionOutcome:
         env = session.env
         handler = self._routes.get(env.script)
         if handler is None:
@@ -262,15 +278,19 @@ class AgiServer:
                 await session.verbose(f"callgate: unknown script {env.script}", 1)
             except AgiError as exc:
                 log.info("VERBOSE for unknown script failed: %s", exc)
-            return
+            return SessionOutcome.UNKNOWN_SCRIPT
         try:
             await handler(session)
         except AgiHangup as exc:
             log.info("FastAGI %s uniqueid %s: caller hung up: %s", env.script, env.uniqueid, exc)
+            return SessionOutcome.HANGUP
         except AgiError as exc:
             log.warning("FastAGI %s uniqueid %s failed: %r", env.script, env.uniqueid, exc)
+            return SessionOutcome.AGI_ERROR
         except Exception:
             log.exception("FastAGI handler %s crashed (uniqueid %s)", env.script, env.uniqueid)
+            return SessionOutcome.CRASHED
+        return SessionOutcome.OK
 
 
 def install_signal_handlers(

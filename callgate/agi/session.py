@@ -33,6 +33,7 @@ from callgate.agi.errors import (
     AgiProtocolError,
     AgiTimeout,
 )
+from callgate.agi.metrics import AGI_COMMAND_TIMEOUTS
 
 __all__ = [
     "DEFAULT_COMMAND_TIMEOUT_MS",
@@ -209,6 +210,7 @@ class AgiSession:
                 in_flight = False
             except TimeoutError as exc:
                 self._broken = f"{text!r} timed out after {deadline_ms} ms"
+                AGI_COMMAND_TIMEOUTS.inc()
                 raise AgiTimeout(f"no reply to {text!r} within {deadline_ms} ms") from exc
             except ConnectionError as exc:
                 self._broken = f"connection lost during {text!r}"

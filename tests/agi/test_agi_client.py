@@ -218,10 +218,10 @@ async def test_real_time_mode_sleeps_the_talk_time() -> None:
 async def test_lingering_server_is_detected() -> None:
     async def lingers(s: AgiSession) -> None:
         await s.verbose("then silence", 1)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
 
     async with serving(lingers) as server:
-        result = await FakeAsterisk("127.0.0.1", server.port, linger_timeout_ms=200).call()
+        result = await FakeAsterisk("127.0.0.1", server.port, linger_timeout_ms=150).call()
     assert result.lingered and not result.server_closed and not result.ok
     assert result.lines == ('VERBOSE "then silence" 1',)
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
+from prometheus_client import REGISTRY
 
 from callgate.agi.client import ChannelSpec, Emit, FakeAsterisk, ReceivedCommand, build_header_block
 from callgate.agi.errors import AgiTimeout
@@ -381,3 +382,68 @@ async def test_sigterm_drains_gracefully() -> None:
         remove()
     assert server.shutdown_requested
     assert server.active_sessions == 0
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _sample(name: str, outcome: str | None = None) -> float:
+    labels = {"outcome": outcome} if outcome is not None else {}
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_admissions_and_outcomes() -> None:
+    async def crash(session: AgiSession) -> None:
+        raise RuntimeError("bug")
+
+    before = {
+        "refused": _sample("callgate_agi_connections_total", "over_limit"),
+        "unknown": _sample("callgate_agi_sessions_total", "unknown_script"),
+        "crashed": _sample("callgate_agi_sessions_total", "crashed"),
+        "ok": _sample("callgate_agi_sessions_total", "ok"),
+        "no_header": _sample("callgate_agi_sessions_total", "no_header"),
+        "timeouts": _sample("callgate_agi_command_timeouts_total"),
+    }
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(session: AgiSession) -> None:
+        entered.set()
+        await release.wait()
+
+    def silent(command: ReceivedCommand) -> list[Emit]:
+        return []
+
+    async def times_out(session: AgiSession) -> None:
+        await session.command("NOOP", timeout_ms=50)
+
+    routes: dict[str, Handler] = {
+        "call": noop_flow,
+        "crash": crash,
+        "hold": hold,
+        "slow": times_out,
+    }
+    async with serving(routes, max_sessions=1) as server:
+        client = FakeAsterisk("127.0.0.1", server.port)
+        assert (await client.call()).ok
+        assert (await client.call(ChannelSpec(script="nope"))).ok
+        assert (await client.call(ChannelSpec(script="crash"))).ok
+        assert (await client.call(ChannelSpec(script="slow"), silent)).ok
+        async with raw_peer(server.port):
+            pass
+        async with asyncio.timeout(DEADLINE_S):
+            await server.wait_idle()
+        holding = asyncio.create_task(client.call(ChannelSpec(script="hold")))
+        async with asyncio.timeout(DEADLINE_S):
+            await entered.wait()
+        active = _sample("callgate_agi_active_sessions")
+        assert (await client.call()).commands == ()
+        release.set()
+        assert (await holding).ok
+    assert active >= 1
+    assert _sample("callgate_agi_connections_total", "over_limit") == before["refused"] + 1
+    assert _sample("callgate_agi_sessions_total", "unknown_script") == before["unknown"] + 1
+    assert _sample("callgate_agi_sessions_total", "crashed") == before["crashed"] + 1
+    assert _sample("callgate_agi_sessions_total", "ok") == before["ok"] + 2
+    assert _sample("callgate_agi_sessions_total", "no_header") == before["no_header"] + 1
+    assert _sample("callgate_agi_command_timeouts_total") == before["timeouts"] + 1
