@@ -6,12 +6,12 @@ construction, so a `Rate` that exists is a rate callgate can price with.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from callgate.rating.cost import grant
 from callgate.rating.errors import InvalidRateError
@@ -39,13 +39,18 @@ _SECONDS_FIELDS = (
 _H = TypeVar("_H", bound=Hashable)
 
 
-@dataclass(frozen=True, slots=True)
+def _money_ok(value: object) -> bool:
+    return type(value) is Decimal and value.is_finite() and _ZERO <= value < MONEY_LIMIT
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Rate:
     """One line of a rate table: the price of calls to numbers starting with `prefix`.
 
     Money is per minute (`rate`, `buy_rate`) or per call (fees, `minimal_cost`); blocks are
     seconds; `increment` 0 means 1. `trunk` None means the rate table's default trunk. `id` is
-    the database id, informational only. See RATING.md for the cost formula.
+    the database id, informational only. See RATING.md for the cost formula. Construction
+    validates every field and raises `InvalidRateError` naming the first bad one.
     """
 
     prefix: str
@@ -67,7 +72,82 @@ class Rate:
     trunk: str | None = None
     id: int | None = None
 
-    def __post_init__(self) -> None:
+    # Written by hand: the generated __init__ of a frozen dataclass goes through
+    # object.__setattr__ for each of the 18 fields, and took twice as long, which a
+    # million-rate deck feels. The test suite checks this signature against the fields.
+    def __init__(
+        self,
+        prefix: str,
+        rate: Decimal,
+        connect_fee: Decimal = _ZERO,
+        disconnect_fee: Decimal = _ZERO,
+        disconnect_after: int = 0,
+        initial_block: int = 0,
+        increment: int = 0,
+        minimal_cost: Decimal = _ZERO,
+        buy_rate: Decimal = _ZERO,
+        buy_initial_block: int = 0,
+        buy_increment: int = 0,
+        valid_from: datetime | None = None,
+        valid_to: datetime | None = None,
+        week_start: int | None = None,
+        week_end: int | None = None,
+        destination: str = "",
+        trunk: str | None = None,
+        id: int | None = None,
+    ) -> None:
+        (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16, s17) = _SETTERS
+        s0(self, prefix)
+        s1(self, rate)
+        s2(self, connect_fee)
+        s3(self, disconnect_fee)
+        s4(self, disconnect_after)
+        s5(self, initial_block)
+        s6(self, increment)
+        s7(self, minimal_cost)
+        s8(self, buy_rate)
+        s9(self, buy_initial_block)
+        s10(self, buy_increment)
+        s11(self, valid_from)
+        s12(self, valid_to)
+        s13(self, week_start)
+        s14(self, week_end)
+        s15(self, destination)
+        s16(self, trunk)
+        s17(self, id)
+        # Fast path for the bulk of a deck: shared zero defaults, valid Decimals and ints, no
+        # dates, no window. Anything else, and every error, goes through `_validate`.
+        if (
+            type(prefix) is str
+            and prefix.isdigit()
+            and prefix.isascii()
+            and (rate is _ZERO or _money_ok(rate))
+            and (buy_rate is _ZERO or _money_ok(buy_rate))
+            and (connect_fee is _ZERO or _money_ok(connect_fee))
+            and (disconnect_fee is _ZERO or _money_ok(disconnect_fee))
+            and (minimal_cost is _ZERO or _money_ok(minimal_cost))
+            and type(initial_block) is int
+            and initial_block >= 0
+            and type(increment) is int
+            and increment >= 0
+            and type(buy_initial_block) is int
+            and buy_initial_block >= 0
+            and type(buy_increment) is int
+            and buy_increment >= 0
+            and type(disconnect_after) is int
+            and disconnect_after >= 0
+            and valid_from is None
+            and valid_to is None
+            and week_start is None
+            and week_end is None
+            and type(destination) is str
+            and (trunk is None or (type(trunk) is str and trunk != ""))
+            and (id is None or type(id) is int)
+        ):
+            return
+        self._validate()
+
+    def _validate(self) -> None:
         prefix = self.prefix
         if not (type(prefix) is str and prefix.isascii() and prefix.isdigit()):
             raise InvalidRateError("prefix", f"must be a non-empty string of digits: {prefix!r}")
@@ -118,6 +198,13 @@ class Rate:
     def always_valid(self) -> bool:
         """True when the rate has no validity dates and no week window."""
         return self.valid_from is None and self.valid_to is None and self.week_start is None
+
+
+# The slot descriptors' setters, in field order, for Rate.__init__ (they bypass the frozen
+# __setattr__, as the generated __init__ of a frozen dataclass does).
+_SETTERS: tuple[Callable[[Rate, Any], None], ...] = tuple(
+    getattr(Rate, field.name).__set__ for field in fields(Rate)
+)
 
 
 def _check_money(name: str, value: object) -> None:
@@ -198,15 +285,19 @@ class Interner:
     Decimals are shared only with the same exponent, so ``0.1`` and ``0.10`` keep their text.
     """
 
-    __slots__ = ("_money", "_values")
+    __slots__ = ("_money", "_money_text", "_values")
 
     def __init__(self) -> None:
-        self._money: dict[tuple[Decimal, int | str], Decimal] = {}
+        self._money: dict[Decimal, Decimal] = {}
+        self._money_text: dict[str, Decimal] = {}  # equal to a shared value, another text
         self._values: dict[tuple[type, object], object] = {}
 
     def money(self, value: Decimal) -> Decimal:
         """The shared Decimal equal to `value` (same exponent)."""
-        return self._money.setdefault((value, value.as_tuple().exponent), value)
+        shared = self._money.setdefault(value, value)
+        if shared is value or not shared.compare_total(value):  # the same text too
+            return shared
+        return self._money_text.setdefault(str(value), value)
 
     def share(self, value: _H) -> _H:
         """The shared object equal to `value` (strings, datetimes, ...)."""
@@ -214,4 +305,4 @@ class Interner:
         return cast(_H, self._values.setdefault((type(value), value), value))
 
     def __len__(self) -> int:
-        return len(self._money) + len(self._values)
+        return len(self._money) + len(self._money_text) + len(self._values)

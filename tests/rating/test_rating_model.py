@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,6 +46,21 @@ def test_rate_defaults_and_fields_are_ratings_md() -> None:
     assert not hasattr(rate, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         rate.rate = Decimal(1)  # type: ignore[misc]
+
+
+def test_the_hand_written_init_matches_the_fields() -> None:
+    parameters = list(inspect.signature(Rate.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in parameters] == [
+        (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(Rate)
+    ]
+    rate = Rate("44", Decimal("0.1"), trunk="a", id=3)
+    assert dataclasses.replace(rate, rate=Decimal("0.2")) == Rate(
+        "44", Decimal("0.2"), trunk="a", id=3
+    )
+    with pytest.raises(InvalidRateError):
+        dataclasses.replace(rate, prefix="x")
+    assert hash(rate) == hash(Rate("44", Decimal("0.10"), trunk="a", id=3))
 
 
 def test_a_fully_specified_rate_is_accepted() -> None:
@@ -135,6 +151,8 @@ def test_interner_shares_equal_values_and_keeps_their_text() -> None:
     assert interner.money(Decimal("0.10")) is first
     other = interner.money(Decimal("0.1"))  # equal, but another text: not merged
     assert other is not first and str(other) == "0.1"
+    assert interner.money(Decimal("0.1")) is other
+    assert interner.money(Decimal("0.10")) is first
     name = "".join(["United ", "Kingdom"])
     assert interner.share("United Kingdom") == name
     assert interner.share(name) is interner.share("United Kingdom")
