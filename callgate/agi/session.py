@@ -239,6 +239,30 @@ class AgiSession:
             elif event is not None:
                 return event
 
+    async def wait_hangup(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for an unsolicited ``HANGUP`` line while no command runs
+        (Asterisk sends it ~40 ms after the reply of the command during which the caller hung
+        up, e.g. EXEC Dial). Returns `hung_up`. A timeout leaves the session usable; any other
+        line, or EOF, is a protocol error. A peer EOF after HANGUP just returns True."""
+        async with self._lock:
+            if self.hung_up or self._closed or self._broken is not None:
+                return self.hung_up
+            try:
+                async with asyncio.timeout(timeout_ms / 1000):
+                    # readuntil leaves a partial line in the buffer when cancelled: nothing lost.
+                    raw = await _read_line(self._reader, "an unsolicited HANGUP")
+            except TimeoutError:
+                return False
+            except AgiProtocolError:
+                self._broken = "peer closed the connection while idle"
+                raise
+            line = decode_line(raw)
+            if line != "HANGUP":
+                self._broken = f"unsolicited line {line[:80]!r}"
+                raise AgiProtocolError(f"unsolicited line while idle: {line[:80]!r}")
+            self._mark_hangup()
+            return True
+
     def _check(self, reply: AgiReply, text: str) -> AgiReply:
         if reply.code == 200:
             return reply

@@ -14,6 +14,7 @@ import pytest
 from callgate.agi.client import (
     AsteriskEmulator,
     ChannelSpec,
+    DialOutcome,
     FakeAsterisk,
     build_header_block,
 )
@@ -147,14 +148,18 @@ class Outcome:
     broken: bool = False
 
 
+Step = bytes | str | tuple[str, float]
+
+
 async def run_scripted(
-    steps: list[bytes | str],
+    steps: list[Step],
     flow: Flow,
     *,
     command_timeout_ms: int = 2000,
 ) -> list[str]:
     """Connect, send the header, then for each step: ``"read"`` reads one command line,
-    ``"close"`` closes the socket, bytes are written. Returns the command lines read."""
+    ``"close"`` closes the socket, ``"eof?"`` expects the server to close, ``("sleep", s)``
+    waits, bytes are written. Returns the command lines read."""
     received: list[str] = []
     async with serving(flow, command_timeout_ms=command_timeout_ms) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -166,6 +171,8 @@ async def run_scripted(
                         received.append((await reader.readuntil(b"\n")).decode())
                 elif step == "close":
                     break
+                elif isinstance(step, tuple):
+                    await asyncio.sleep(step[1])
                 elif step == "eof?":
                     async with asyncio.timeout(DEADLINE_S):
                         assert await reader.read() == b""
@@ -369,3 +376,58 @@ async def test_verbose_level(level: int) -> None:
     async with serving(flow) as server:
         result = await FakeAsterisk("127.0.0.1", server.port).call()
     assert result.lines == (f"VERBOSE x {level}",)
+
+
+async def test_wait_hangup_after_dial() -> None:
+    seen: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        seen.append(await s.exec("Dial", "PJSIP/1@t,30", timeout_ms=5000))
+        seen.append(await s.wait_hangup(50))  # nothing yet: still usable
+        seen.append(await s.wait_hangup(2000))
+        seen.append(s.broken)
+        seen.append(await s.get_variable("DIALSTATUS"))
+
+    await run_scripted(
+        [
+            "read",
+            b"200 result=-1\n",
+            ("sleep", 0.2),
+            b"HANGUP\n",
+            "read",
+            b"200 result=1 (CANCEL)\n",
+            "eof?",
+        ],
+        flow,
+    )
+    assert seen == [-1, False, True, False, "CANCEL"]
+
+
+async def test_wait_hangup_after_limit_keeps_the_caller() -> None:
+    seen: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        seen.append(await s.exec("Dial", "PJSIP/1@t,30,L(5000)", timeout_ms=5000))
+        seen.append(await s.wait_hangup(100))
+        seen.append(await s.stream_file("time-is-up"))
+
+    emulator = AsteriskEmulator(dial_outcomes=[DialOutcome.answered(9000)])
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call(responder=emulator)
+    assert result.ok
+    assert seen == [-1, False, 0]
+
+
+async def test_wait_hangup_refuses_garbage() -> None:
+    errors: list[AgiError] = []
+    broken: list[bool] = []
+
+    async def flow(s: AgiSession) -> None:
+        try:
+            await s.wait_hangup(2000)
+        except AgiProtocolError as exc:
+            errors.append(exc)
+        broken.append(s.broken)
+
+    await run_scripted([b"200 result=0\n", "eof?"], flow)
+    assert len(errors) == 1 and broken == [True]
