@@ -268,6 +268,7 @@ class DialOutcome:
     talks before hanging up (ANSWER only; cut by ``L()``). ``caller_hangup_ms``: the caller hangs
     up this long after Dial started (during ringing: CANCEL; during talk: the call ends there);
     Dial then returns -1 and ``HANGUP`` follows. ``hangupcause`` is HANGUPCAUSE after that.
+    ``first_ring_ms`` (optional): when the callee started ringing, for ``RINGTIME_MS``.
     """
 
     status: DialStatus = DialStatus.ANSWER
@@ -275,6 +276,7 @@ class DialOutcome:
     talk_ms: int = 60_000
     caller_hangup_ms: int | None = None
     hangupcause: int = 16
+    first_ring_ms: int | None = None  # sets RINGTIME(_MS) when the callee rang (<= ring_ms)
 
     @classmethod
     def answered(cls, talk_ms: int, *, ring_ms: int = 0) -> DialOutcome:
@@ -653,6 +655,10 @@ class AsteriskEmulator:
         ended = started + elapsed
 
         self.variables["DIALSTATUS"] = status.value
+        first_ring = outcome.first_ring_ms
+        if first_ring is not None and first_ring <= elapsed:
+            self.variables["RINGTIME_MS"] = str(first_ring)
+            self.variables["RINGTIME"] = str(first_ring // 1000)
         self.variables["DIALEDTIME_MS"] = str(ended - self.created_ms)
         self.variables["DIALEDTIME"] = str((ended - self.created_ms) // 1000)
         if answered is not None and self.answered_ms is not None:

@@ -67,6 +67,7 @@ class AgiServer:
         command_timeout_ms: int = DEFAULT_COMMAND_TIMEOUT_MS,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_header_lines: int = MAX_HEADER_LINES,
+        backlog: int = 1024,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
@@ -79,6 +80,7 @@ class AgiServer:
         self._command_timeout_ms = command_timeout_ms
         self._max_line_bytes = max_line_bytes
         self._max_header_lines = max_header_lines
+        self._backlog = backlog
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -94,7 +96,11 @@ class AgiServer:
         if self._server is not None:
             raise RuntimeError("AgiServer already started")
         self._server = await asyncio.start_server(
-            self._on_connect, self._host, self._port, limit=self._max_line_bytes
+            self._on_connect,
+            self._host,
+            self._port,
+            limit=self._max_line_bytes,
+            backlog=self._backlog,
         )
         log.info("FastAGI listening on %s", ", ".join(self._addresses()))
 

@@ -178,6 +178,22 @@ async def test_pre_answered_caller_inflates_answeredtime_but_not_the_stamp() -> 
     assert item.answered_time_ms == "6000"  # prompts + ringing + talk, as DESIGN.md §5 measured
 
 
+async def test_ringtime_is_set_only_when_the_callee_rang() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def flow(s: AgiSession) -> None:
+        for _ in range(2):
+            await s.exec("Dial", "PJSIP/1@t,30")
+            seen.append((await s.get_variable("RINGTIME_MS"), await s.get_variable("DIALSTATUS")))
+
+    outcomes = [
+        DialOutcome.failed(DialStatus.CHANUNAVAIL),
+        DialOutcome(DialStatus.NOANSWER, ring_ms=30_000, first_ring_ms=120),
+    ]
+    await place(flow, outcomes)
+    assert seen == [(None, "CHANUNAVAIL"), ("120", "NOANSWER")]
+
+
 async def test_failover_consumes_outcomes_in_order() -> None:
     seen: list[DialSeen] = []
     emulator, lines = await place(
