@@ -1,33 +1,68 @@
-"""Accounts (the seeds' customers or cards): create and fetch.
+"""Accounts (the seeds' customers or cards): create, fetch, change, list, export, import, delete.
 
 An account number is secret: it comes from a CSPRNG (:mod:`secrets`), is unique, and its length
 comes from the settings or the caller. The alias (login) is random and unique too, or an e-mail
 address the operator gives.
+
+Operator fields arrive as text (CLI options, ``--set field=value``, CSV cells) and are parsed in one
+place, :func:`parse_account_fields`, which names the field in every error. The criteria that
+choose accounts for ``list``, batch update, delete-all and export are
+:class:`callgate.store.search.AccountCriteria`. The currency is fixed at creation; the balance moves
+only through payments (:mod:`callgate.store.payments`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import (
+    Float,
+    Numeric,
+    Row,
+    String,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callgate.rating import parse_money, quantize_money
+from callgate.rating.errors import InvalidRateError
 from callgate.schema.tables import (
     AccountStatus,
     ExpiryMode,
+    PaymentKind,
+    PaymentStatus,
+    ReservationStatus,
     account_callerids,
+    account_ips,
     accounts,
     call_plans,
+    calls,
     currencies,
+    customer_groups,
+    iax_friends,
+    payments,
+    reservations,
+    sip_friends,
 )
+from callgate.schema.types import Money
 from callgate.store._errors_map import mapped_errors
+from callgate.store.contacts import Contact, list_contacts
 from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
+from callgate.store.payments import Payment, list_payments
+from callgate.store.search import AccountCriteria, account_filter
 
 DEFAULT_NUMBER_LENGTH = 10
 ALIAS_LENGTH = 10
@@ -283,3 +318,1164 @@ async def add_callerid(conn: AsyncConnection, account_id: int, callerid: str) ->
             .returning(account_callerids.c.id)
         )
         return int(new_id)
+
+
+async def require_account(conn: AsyncConnection, key: str) -> Account:
+    """The account a CLI argument names (number, alias or ``#id``), or a clear NotFoundError."""
+    account = await find_account(conn, key.strip())
+    if account is None:
+        raise NotFoundError(f"no account {key!r} (give its number, alias or #id)")
+    return account
+
+
+async def account_numbers(conn: AsyncConnection, ids: Iterable[int]) -> dict[int, str]:
+    """``id -> account number`` for the given ids (for listings of other tables)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(accounts.c.id, accounts.c.number).where(accounts.c.id.in_(wanted))
+    )
+    return {int(r.id): str(r.number) for r in rows}
+
+
+# --- operator fields as text ---------------------------------------------------------------------
+
+TEXT_FIELDS: tuple[str, ...] = (
+    "number",
+    "alias",
+    "first_name",
+    "last_name",
+    "company",
+    "email",
+    "phone",
+    "address",
+    "city",
+    "state",
+    "country",
+    "zipcode",
+    "website",
+    "paypal_email",
+    "group",
+    "plan",
+    "status",
+    "language",
+    "currency",
+    "balance",
+    "debit_limit",
+    "minimum_payment",
+    "tax_percent",
+    "portal_access",
+    "channel_limit",
+    "cps_limit",
+    "expiry_mode",
+    "expires_at",
+    "expiry_days",
+    "public_notes",
+    "private_notes",
+)
+FIELD_ALIASES = {"tax": "tax_percent", "call_plan": "plan", "login": "alias"}
+_PLAIN_TEXT = frozenset(
+    {
+        "number",
+        "alias",
+        "first_name",
+        "last_name",
+        "company",
+        "email",
+        "phone",
+        "address",
+        "city",
+        "state",
+        "country",
+        "zipcode",
+        "website",
+        "paypal_email",
+        "language",
+        "public_notes",
+        "private_notes",
+    }
+)
+_NOTES = frozenset({"public_notes", "private_notes"})
+_MONEY_FIELDS = frozenset({"balance", "debit_limit", "minimum_payment", "tax_percent"})
+_NONE_WORDS = frozenset({"", "none", "unlimited", "null"})
+_TRUE = frozenset({"1", "true", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "no", "n", "off"})
+
+
+def parse_datetime(text: str, field: str) -> datetime:
+    """``YYYY-MM-DD`` (midnight UTC) or an ISO-8601 time (UTC when it has no zone)."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        stamp = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidDataError(f"{field}: not a date (YYYY-MM-DD) or ISO time: {text!r}") from exc
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def parse_amount(text: str, field: str) -> Decimal:
+    """Money from text, exact; a malformed amount is an InvalidDataError naming ``field``."""
+    try:
+        return parse_money(text, field)
+    except InvalidRateError as exc:
+        raise InvalidDataError(str(exc)) from exc
+
+
+def _parse_bool(text: str, field: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InvalidDataError(f"{field}: not yes/no: {text!r}")
+
+
+def _parse_count(text: str, field: str, *, minimum: int) -> int | None:
+    word = text.strip().lower()
+    if word in _NONE_WORDS:
+        return None
+    try:
+        value = int(word)
+    except ValueError as exc:
+        raise InvalidDataError(f"{field}: not a whole number: {text!r}") from exc
+    if value < minimum:
+        raise InvalidDataError(f"{field}: must be at least {minimum}, not {value}")
+    return value
+
+
+def _parse_choice(enum: type[StrEnum], text: str, field: str) -> Any:
+    try:
+        return enum(text.strip().lower())
+    except ValueError as exc:
+        allowed = ", ".join(m.value for m in enum)
+        raise InvalidDataError(f"{field}: {text!r} is not one of {allowed}") from exc
+
+
+def _plain(name: str, text: str) -> str:
+    value = text if name in _NOTES else text.strip()
+    column_type = accounts.c[name].type
+    limit = column_type.length if isinstance(column_type, String) else None
+    if limit is not None and len(value) > limit:
+        raise InvalidDataError(f"{name}: longer than {limit} characters")
+    if name in {"number", "alias", "language"} and (not value or any(c.isspace() for c in value)):
+        raise InvalidDataError(f"{name}: must be non-empty, without spaces: {text!r}")
+    if name in {"email", "paypal_email"} and value and "@" not in value:
+        raise InvalidDataError(f"{name}: not an e-mail address: {text!r}")
+    return value
+
+
+async def parse_account_fields(conn: AsyncConnection, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Operator text (``field -> text``) as typed ``accounts`` column values.
+
+    ``group`` and ``plan`` are names (``group`` may be ``none``); money is exact decimal text;
+    limits take ``none``/``unlimited``; dates are ``YYYY-MM-DD`` or ISO times. Every error names
+    the field. Names in :data:`FIELD_ALIASES` are accepted too (``tax`` for ``tax_percent``).
+    """
+    out: dict[str, Any] = {}
+    for key, text in raw.items():
+        name = FIELD_ALIASES.get(key, key)
+        if name not in TEXT_FIELDS:
+            raise InvalidDataError(
+                f"unknown account field {key!r} (known: {', '.join(TEXT_FIELDS)})"
+            )
+        value = text.strip()
+        if name in _PLAIN_TEXT:
+            out[name] = _plain(name, text)
+        elif name == "group":
+            if value.lower() in _NONE_WORDS:
+                out["group_id"] = None
+            else:
+                group_id = await conn.scalar(
+                    select(customer_groups.c.id).where(customer_groups.c.name == value)
+                )
+                if group_id is None:
+                    raise NotFoundError(f"group: no customer group named {value!r}")
+                out["group_id"] = int(group_id)
+        elif name == "plan":
+            plan_id = await conn.scalar(select(call_plans.c.id).where(call_plans.c.name == value))
+            if plan_id is None:
+                raise NotFoundError(f"plan: no call plan {value!r}: configure the call plan first")
+            out["call_plan_id"] = int(plan_id)
+        elif name == "status":
+            out["status"] = _parse_choice(AccountStatus, value, name)
+        elif name == "currency":
+            out["currency"] = await _known_currency(conn, value)
+        elif name in _MONEY_FIELDS:
+            amount = parse_amount(value, name)
+            if name != "balance" and amount < 0:
+                raise InvalidDataError(f"{name}: cannot be negative ({value})")
+            if name == "tax_percent" and amount > 100:
+                raise InvalidDataError(f"{name}: a tax rate above 100% ({value}) is a mistake")
+            out[name] = amount
+        elif name == "portal_access":
+            out[name] = _parse_bool(value, name)
+        elif name in {"channel_limit", "cps_limit"}:
+            out[name] = _parse_count(value, name, minimum=0)
+        elif name == "expiry_mode":
+            out[name] = _parse_choice(ExpiryMode, value, name)
+        elif name == "expires_at":
+            out[name] = None if value.lower() in _NONE_WORDS else parse_datetime(value, name)
+        elif name == "expiry_days":
+            out[name] = _parse_count(value, name, minimum=1)
+    return out
+
+
+async def _known_currency(conn: AsyncConnection, text: str) -> str:
+    code = text.strip().upper()
+    known = await conn.scalar(select(currencies.c.code).where(currencies.c.code == code))
+    if known is None:
+        raise InvalidDataError(f"currency: unknown currency {code!r}")
+    return code
+
+
+def check_expiry(mode: ExpiryMode, expires_at: datetime | None, expiry_days: int | None) -> None:
+    """An expiry rule must carry what it needs: a date, or a number of days."""
+    if mode is ExpiryMode.AT_DATE and expires_at is None:
+        raise InvalidDataError("expiry_mode at_date needs expires_at (a date)")
+    if mode in {ExpiryMode.DAYS_AFTER_FIRST_USE, ExpiryMode.DAYS_AFTER_CREATION} and (
+        expiry_days is None
+    ):
+        raise InvalidDataError(f"expiry_mode {mode} needs expiry_days")
+
+
+def _check_expiry_fields(fields: Mapping[str, Any]) -> None:
+    if "expiry_mode" in fields:
+        check_expiry(
+            ExpiryMode(fields["expiry_mode"]), fields.get("expires_at"), fields.get("expiry_days")
+        )
+
+
+# --- create one, create many ---------------------------------------------------------------------
+
+
+async def _opening_payments(conn: AsyncConnection, opened: Sequence[tuple[int, Decimal]]) -> None:
+    """A completed payment row for each non-zero opening balance (A2Billing's creation refill)."""
+    rows = [(account_id, amount) for account_id, amount in opened if amount != 0]
+    if not rows:
+        return
+    now = datetime.now(UTC)
+    currency = await base_currency(conn)
+    await conn.execute(
+        insert(payments),
+        [
+            {
+                "account_id": account_id,
+                "kind": (PaymentKind.REFILL if amount > 0 else PaymentKind.ADJUSTMENT).value,
+                "status": PaymentStatus.COMPLETED.value,
+                "amount": amount,
+                "tax_percent": Decimal(0),
+                "tax_amount": Decimal(0),
+                "credit": amount,
+                "currency": currency,
+                "description": "opening balance",
+                "created_at": now,
+                "completed_at": now,
+            }
+            for account_id, amount in rows
+        ],
+    )
+
+
+async def open_account(
+    conn: AsyncConnection,
+    *,
+    call_plan_id: int | None,
+    number_length: int = DEFAULT_NUMBER_LENGTH,
+    taken: set[str] | None = None,
+    **fields: Any,
+) -> Account:
+    """Create an account as an operator does: :func:`create_account`, plus an opening payment
+    when it starts with a balance (so payments always add up to the balance), plus the expiry
+    rule's consistency check. The balance is zero unless given.
+    """
+    _check_expiry_fields(fields)
+    account = await create_account(
+        conn, call_plan_id=call_plan_id, number_length=number_length, taken=taken, **fields
+    )
+    await _opening_payments(conn, [(account.id, account.balance)])
+    return account
+
+
+async def _fresh_values(
+    conn: AsyncConnection, column: Any, length: int, count: int, taken: set[str]
+) -> list[str]:
+    """``count`` random digit strings free in ``column`` and not in ``taken`` (a query a round)."""
+    found: list[str] = []
+    for _ in range(_GENERATE_TRIES):
+        need = count - len(found)
+        candidates: set[str] = set()
+        for _attempt in range(need * _GENERATE_TRIES):
+            if len(candidates) == need:
+                break
+            candidate = generate_number(length)
+            if candidate not in taken:
+                candidates.add(candidate)
+        used = set(await conn.scalars(select(column).where(column.in_(candidates))))
+        fresh = [c for c in candidates if c not in used]
+        taken.update(fresh)
+        found.extend(fresh)
+        if len(found) == count:
+            return found
+    raise ConflictError(
+        f"could not find {count} free {column.name}s of {length} digits; use a longer length"
+    )
+
+
+async def generate_accounts(
+    conn: AsyncConnection,
+    count: int,
+    *,
+    call_plan_id: int | None,
+    number_length: int = DEFAULT_NUMBER_LENGTH,
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = 500,
+    **fields: Any,
+) -> list[tuple[int, str, str]]:
+    """Create ``count`` accounts with random numbers and aliases, in the caller's transaction.
+
+    The same ``fields`` for all (group, status, balance...). Inserts in chunks (one existence
+    query per chunk for numbers and one for aliases, one multi-row INSERT); ``on_progress`` gets
+    the number created after each chunk. Returns ``(id, number, alias)`` of each.
+    """
+    if count < 1:
+        raise InvalidDataError(f"the number of accounts to generate must be positive, not {count}")
+    if call_plan_id is None:
+        raise InvalidDataError("an account needs a call plan: configure the call plan first")
+    given = set(fields) & {"number", "alias"}
+    if given:
+        raise InvalidDataError("generated accounts get random numbers and aliases")
+    unknown = set(fields) - CREATE_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown account field(s): {', '.join(sorted(unknown))}")
+    generate_number(number_length)  # validates the length before any write
+    _check_expiry_fields(fields)
+    values = dict(fields)
+    for key in ("status", "expiry_mode"):
+        if key in values:
+            values[key] = str(values[key])
+    async with mapped_errors("generate accounts"):
+        plan = await conn.scalar(select(call_plans.c.id).where(call_plans.c.id == call_plan_id))
+        if plan is None:
+            raise NotFoundError(f"no call plan with id {call_plan_id}")
+        if "currency" in values:
+            values["currency"] = await _known_currency(conn, str(values["currency"]))
+        else:
+            values["currency"] = await base_currency(conn)
+        values["call_plan_id"] = call_plan_id
+        taken: set[str] = set()
+        created: list[tuple[int, str, str]] = []
+        statement = insert(accounts).returning(
+            accounts.c.id, accounts.c.number, accounts.c.alias, sort_by_parameter_order=True
+        )
+        while len(created) < count:
+            size = min(chunk, count - len(created))
+            numbers = await _fresh_values(conn, accounts.c.number, number_length, size, taken)
+            aliases = await _fresh_values(conn, accounts.c.alias, ALIAS_LENGTH, size, taken)
+            rows = [
+                {**values, "number": n, "alias": a} for n, a in zip(numbers, aliases, strict=True)
+            ]
+            result = await conn.execute(statement, rows)
+            batch = [(int(r.id), str(r.number), str(r.alias)) for r in result]
+            balance = Decimal(values.get("balance", 0))
+            await _opening_payments(conn, [(account_id, balance) for account_id, _, _ in batch])
+            created.extend(batch)
+            if on_progress is not None:
+                on_progress(len(batch))
+    return created
+
+
+# --- change one ----------------------------------------------------------------------------------
+
+UPDATE_FIELDS = (CREATE_FIELDS - {"balance"}) | {"call_plan_id"}
+
+
+async def update_account(conn: AsyncConnection, account_id: int, **changes: Any) -> Account:
+    """Change an account's fields (typed column values, as :func:`parse_account_fields` gives).
+
+    The currency cannot change after creation, and the balance moves only through payments.
+    """
+    current = await fetch_account(conn, account_id)
+    if "currency" in changes:
+        wanted = str(changes.pop("currency")).upper()
+        if wanted != current.currency:
+            raise InvalidDataError(
+                f"the currency of account {current.number} is {current.currency}; it cannot "
+                f"change after creation (asked for {wanted})"
+            )
+    if "balance" in changes:
+        raise InvalidDataError(
+            "the balance moves only through payments: use `callgate payments add`"
+        )
+    unknown = set(changes) - UPDATE_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown account field(s): {', '.join(sorted(unknown))}")
+    if not changes:
+        return current
+    mode = ExpiryMode(changes.get("expiry_mode", current.expiry_mode))
+    check_expiry(
+        mode,
+        changes.get("expires_at", current.expires_at),
+        changes.get("expiry_days", current.expiry_days),
+    )
+    async with mapped_errors(f"account {current.number}"):
+        for key, column in (("number", accounts.c.number), ("alias", accounts.c.alias)):
+            value = changes.get(key)
+            if value is not None and value != getattr(current, key):
+                if await _exists(conn, column, value):
+                    raise ConflictError(
+                        f"{'account number' if key == 'number' else key} {value!r} is taken"
+                    )
+        if "call_plan_id" in changes:
+            plan_id = changes["call_plan_id"]
+            if (
+                plan_id is None
+                or await conn.scalar(select(call_plans.c.id).where(call_plans.c.id == plan_id))
+                is None
+            ):
+                raise NotFoundError(
+                    f"no call plan with id {plan_id}: configure the call plan first"
+                )
+        values = {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in changes.items()}
+        values["updated_at"] = datetime.now(UTC)
+        await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+    return await fetch_account(conn, account_id)
+
+
+async def set_status(
+    conn: AsyncConnection, account_id: int, status: AccountStatus | str
+) -> Account:
+    """Activate, deactivate, suspend... an account."""
+    return await update_account(
+        conn, account_id, status=_parse_choice(AccountStatus, status, "status")
+    )
+
+
+# --- caller IDs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallerId:
+    id: int
+    callerid: str
+    active: bool
+
+
+async def list_callerids(conn: AsyncConnection, account_id: int) -> list[CallerId]:
+    query = (
+        select(account_callerids)
+        .where(account_callerids.c.account_id == account_id)
+        .order_by(account_callerids.c.callerid)
+    )
+    return [CallerId(r.id, r.callerid, bool(r.active)) for r in await conn.execute(query)]
+
+
+async def remove_callerid(conn: AsyncConnection, account_id: int, callerid: str) -> None:
+    result = await conn.execute(
+        delete(account_callerids).where(
+            account_callerids.c.account_id == account_id,
+            account_callerids.c.callerid == callerid.strip(),
+        )
+    )
+    if result.rowcount == 0:
+        raise NotFoundError(f"the account has no caller ID {callerid!r}")
+
+
+# --- the card list -------------------------------------------------------------------------------
+
+
+class SortKey(StrEnum):
+    """The columns ``accounts list`` can be sorted by (every column of the card list)."""
+
+    ID = "id"
+    NUMBER = "number"
+    ALIAS = "alias"
+    LAST_NAME = "last_name"
+    GROUP = "group"
+    BALANCE = "balance"
+    BALANCE_CURRENCY = "balance_currency"
+    PLAN = "plan"
+    STATUS = "status"
+    LANGUAGE = "language"
+    IN_USE = "in_use"
+    CURRENCY = "currency"
+    SIP = "sip"
+    IAX = "iax"
+    CALLS = "calls"
+    CREATED = "created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountListRow:
+    """One line of the card list."""
+
+    id: int
+    number: str
+    alias: str
+    last_name: str
+    group: str | None
+    balance: Decimal  # base currency
+    balance_currency: Decimal  # the same in the account's currency
+    plan: str
+    status: AccountStatus
+    language: str
+    in_use: int  # open reservations: calls in progress
+    currency: str
+    sip: bool
+    iax: bool
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    rows: tuple[AccountListRow, ...]
+    total: int  # accounts matching the criteria
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+MAX_PER_PAGE = 1000
+
+
+def _open_reservations() -> Any:
+    return (
+        select(reservations.c.account_id, func.count().label("n"))
+        .where(reservations.c.status == ReservationStatus.OPEN.value)
+        .group_by(reservations.c.account_id)
+        .subquery("open_reservations")
+    )
+
+
+def _listing_columns(open_res: Any) -> dict[str, Any]:
+    """Every exportable/listable value, labelled; the joins are in :func:`_listing_from`."""
+    c = accounts.c
+    columns: dict[str, Any] = {name: c[name] for name in _ACCOUNT_COLUMNS_EXPORTED}
+    columns["group"] = customer_groups.c.name.label("group")
+    columns["plan"] = call_plans.c.name.label("plan")
+    columns["currency_value"] = currencies.c.value.label("currency_value")
+    columns["in_use"] = func.coalesce(open_res.c.n, 0).label("in_use")
+    columns["sip"] = sip_friends.c.id.is_not(None).label("sip")
+    columns["iax"] = iax_friends.c.id.is_not(None).label("iax")
+    return columns
+
+
+def _listing_from(open_res: Any) -> Any:
+    return (
+        accounts.join(call_plans, call_plans.c.id == accounts.c.call_plan_id)
+        .join(currencies, currencies.c.code == accounts.c.currency)
+        .outerjoin(customer_groups, customer_groups.c.id == accounts.c.group_id)
+        .outerjoin(sip_friends, sip_friends.c.account_id == accounts.c.id)
+        .outerjoin(iax_friends, iax_friends.c.account_id == accounts.c.id)
+        .outerjoin(open_res, open_res.c.account_id == accounts.c.id)
+    )
+
+
+def _in_currency(balance: Decimal, value: Decimal) -> Decimal:
+    return quantize_money(balance / value)
+
+
+async def count_accounts(conn: AsyncConnection, criteria: AccountCriteria) -> int:
+    where = await account_filter(conn, criteria)
+    return int(await conn.scalar(select(func.count()).select_from(accounts).where(where)) or 0)
+
+
+async def list_accounts(
+    conn: AsyncConnection,
+    criteria: AccountCriteria | None = None,
+    *,
+    sort: SortKey | str = SortKey.ID,
+    descending: bool = False,
+    page: int = 1,
+    per_page: int = 10,
+) -> AccountPage:
+    """One page of the card list; filtering, sorting (then by id) and paging happen in SQL."""
+    criteria = criteria or AccountCriteria()
+    key = _parse_choice(SortKey, str(sort), "sort")
+    if page < 1:
+        raise InvalidDataError(f"page must be 1 or more, not {page}")
+    if not 1 <= per_page <= MAX_PER_PAGE:
+        raise InvalidDataError(f"per page must be 1..{MAX_PER_PAGE}, not {per_page}")
+    where = await account_filter(conn, criteria)
+    total = int(await conn.scalar(select(func.count()).select_from(accounts).where(where)) or 0)
+    open_res = _open_reservations()
+    cols = _listing_columns(open_res)
+    exact = Numeric() if conn.dialect.name != "sqlite" else Float()  # only to order by
+    order: dict[SortKey, Any] = {
+        SortKey.ID: accounts.c.id,
+        SortKey.NUMBER: accounts.c.number,
+        SortKey.ALIAS: accounts.c.alias,
+        SortKey.LAST_NAME: accounts.c.last_name,
+        SortKey.GROUP: customer_groups.c.name,
+        SortKey.BALANCE: accounts.c.balance,
+        SortKey.BALANCE_CURRENCY: cast(accounts.c.balance, exact) / cast(currencies.c.value, exact),
+        SortKey.PLAN: call_plans.c.name,
+        SortKey.STATUS: accounts.c.status,
+        SortKey.LANGUAGE: accounts.c.language,
+        SortKey.IN_USE: func.coalesce(open_res.c.n, 0),
+        SortKey.CURRENCY: accounts.c.currency,
+        SortKey.SIP: sip_friends.c.id.is_not(None),
+        SortKey.IAX: iax_friends.c.id.is_not(None),
+        SortKey.CALLS: accounts.c.call_count,
+        SortKey.CREATED: accounts.c.created_at,
+    }
+    expression = order[key]
+    ordering = [expression.desc() if descending else expression.asc()]
+    if key is not SortKey.ID:
+        ordering.append(accounts.c.id.desc() if descending else accounts.c.id.asc())
+    query = (
+        select(*cols.values())
+        .select_from(_listing_from(open_res))
+        .where(where)
+        .order_by(*ordering)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    rows = tuple(
+        AccountListRow(
+            id=r.id,
+            number=r.number,
+            alias=r.alias,
+            last_name=r.last_name,
+            group=r.group,
+            balance=r.balance,
+            balance_currency=_in_currency(r.balance, r.currency_value),
+            plan=r.plan,
+            status=AccountStatus(r.status),
+            language=r.language,
+            in_use=int(r.in_use),
+            currency=r.currency,
+            sip=bool(r.sip),
+            iax=bool(r.iax),
+            calls=r.call_count,
+        )
+        for r in await conn.execute(query)
+    )
+    return AccountPage(rows=rows, total=total, page=page, per_page=per_page)
+
+
+# --- batch update, delete ------------------------------------------------------------------------
+
+BATCH_FIELDS = frozenset(
+    {
+        "group_id",
+        "call_plan_id",
+        "status",
+        "language",
+        "country",
+        "debit_limit",
+        "minimum_payment",
+        "tax_percent",
+        "portal_access",
+        "channel_limit",
+        "cps_limit",
+        "expiry_mode",
+        "expires_at",
+        "expiry_days",
+        "public_notes",
+        "private_notes",
+    }
+)
+
+_BATCH_PLAIN = BATCH_FIELDS - {"group_id", "call_plan_id"}
+
+
+class BalanceOp(StrEnum):
+    ADD = "+"
+    SUBTRACT = "-"
+    SET = "="
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """``balance+=5``, ``balance-=5`` or ``balance=5``: recorded as adjustment payments."""
+
+    op: BalanceOp
+    amount: Decimal
+
+
+def parse_assignments(items: Iterable[str]) -> tuple[dict[str, str], BalanceChange | None]:
+    """``field=value`` texts (from ``--set``) as a mapping, with the balance change apart."""
+    raw: dict[str, str] = {}
+    balance: BalanceChange | None = None
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidDataError(f"--set needs field=value, not {item!r}")
+        op = BalanceOp.SET
+        if key[-1] in "+-":
+            op, key = BalanceOp(key[-1]), key[:-1].strip()
+            if key != "balance":
+                raise InvalidDataError(f"only the balance can be added to or taken from: {item!r}")
+        if key == "balance":
+            amount = parse_amount(value, "balance")
+            if op is not BalanceOp.SET and amount <= 0:
+                raise InvalidDataError(f"balance{op}= needs a positive amount, not {value}")
+            balance = BalanceChange(op, amount)
+        elif key == "currency":
+            raise InvalidDataError("the currency of an account cannot change after creation")
+        elif key in raw:
+            raise InvalidDataError(f"{key} is set twice")
+        else:
+            raw[key] = value
+    return raw, balance
+
+
+async def batch_update(
+    conn: AsyncConnection,
+    criteria: AccountCriteria,
+    changes: Mapping[str, Any],
+    *,
+    balance: BalanceChange | None = None,
+    description: str = "batch update",
+) -> int:
+    """Change every account the criteria choose, in the caller's transaction; returns how many.
+
+    ``changes`` are typed column values (from :func:`parse_account_fields`) among
+    :data:`BATCH_FIELDS`. A balance change writes one completed ``adjustment`` payment per account
+    whose balance it moves (``=`` only where the balance differs), then moves the balances.
+    Run it in :func:`~callgate.store.db.write_transaction`: the chosen rows are locked first.
+    """
+    if "currency" in changes:
+        raise InvalidDataError("the currency of an account cannot change after creation")
+    unknown = set(changes) - BATCH_FIELDS
+    if unknown:
+        raise InvalidDataError(
+            f"cannot batch-update {', '.join(sorted(unknown))} "
+            f"(allowed: balance, group, plan, {', '.join(sorted(_BATCH_PLAIN))})"
+        )
+    if not changes and balance is None:
+        raise InvalidDataError("nothing to change: give --set field=value")
+    _check_expiry_fields(changes)
+    where = await account_filter(conn, criteria)
+    now = datetime.now(UTC)
+    async with mapped_errors("batch update"):
+        await conn.execute(select(accounts.c.id).where(where).with_for_update())
+        if balance is not None:
+            amount = literal(balance.amount, Money())
+            delta: Any
+            moved = where
+            if balance.op is BalanceOp.SET:
+                delta = amount - accounts.c.balance
+                moved = where & (accounts.c.balance != balance.amount)
+                new_balance: Any = amount
+            else:
+                signed = balance.amount if balance.op is BalanceOp.ADD else -balance.amount
+                delta = literal(signed, Money())
+                new_balance = accounts.c.balance + signed
+            zero = literal(Decimal(0), Money())
+            source = select(
+                accounts.c.id,
+                literal(PaymentKind.ADJUSTMENT.value),
+                literal(PaymentStatus.COMPLETED.value),
+                delta,
+                zero,
+                zero,
+                delta,
+                literal(await base_currency(conn)),
+                literal(description),
+                literal(now, accounts.c.created_at.type),
+                literal(now, accounts.c.created_at.type),
+            ).where(moved)
+            await conn.execute(
+                insert(payments).from_select(
+                    [
+                        "account_id",
+                        "kind",
+                        "status",
+                        "amount",
+                        "tax_percent",
+                        "tax_amount",
+                        "credit",
+                        "currency",
+                        "description",
+                        "created_at",
+                        "completed_at",
+                    ],
+                    source,
+                )
+            )
+            await conn.execute(update(accounts).where(moved).values(balance=new_balance))
+        values = {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in changes.items()}
+        result = await conn.execute(update(accounts).where(where).values(updated_at=now, **values))
+    return int(result.rowcount)
+
+
+async def delete_accounts(
+    conn: AsyncConnection,
+    criteria: AccountCriteria | None = None,
+    *,
+    account_id: int | None = None,
+) -> int:
+    """Delete one account (``account_id``) or every account the criteria choose, with their
+    dependants (caller IDs, IPs, SIP/IAX friends, contacts, payments, calls, closed
+    reservations). Refused while one of them has a call in progress. Returns how many.
+    """
+    if account_id is not None:
+        where: Any = accounts.c.id == account_id
+    elif criteria is not None:
+        where = await account_filter(conn, criteria)
+    else:
+        raise InvalidDataError("say which accounts to delete")
+    chosen = select(accounts.c.id).where(where)
+    async with mapped_errors("delete accounts"):
+        busy = await conn.scalar(
+            select(func.count())
+            .select_from(reservations)
+            .where(
+                reservations.c.account_id.in_(chosen),
+                reservations.c.status == ReservationStatus.OPEN.value,
+            )
+        )
+        if busy:
+            raise ConflictError(
+                f"{busy} call(s) in progress on the chosen account(s): nothing deleted; "
+                "wait for them to end"
+            )
+        await conn.execute(delete(reservations).where(reservations.c.account_id.in_(chosen)))
+        result = await conn.execute(delete(accounts).where(where))
+    return int(result.rowcount)
+
+
+# --- export and import ---------------------------------------------------------------------------
+
+_ACCOUNT_COLUMNS_EXPORTED = (
+    "id",
+    "number",
+    "alias",
+    "first_name",
+    "last_name",
+    "company",
+    "email",
+    "phone",
+    "address",
+    "city",
+    "state",
+    "country",
+    "zipcode",
+    "website",
+    "paypal_email",
+    "status",
+    "language",
+    "currency",
+    "balance",
+    "debit_limit",
+    "minimum_payment",
+    "tax_percent",
+    "portal_access",
+    "channel_limit",
+    "cps_limit",
+    "expiry_mode",
+    "expires_at",
+    "expiry_days",
+    "first_use_at",
+    "last_use_at",
+    "call_count",
+    "public_notes",
+    "private_notes",
+    "created_at",
+)
+EXPORT_COLUMNS: tuple[str, ...] = (
+    *_ACCOUNT_COLUMNS_EXPORTED[:15],
+    "group",
+    "plan",
+    *_ACCOUNT_COLUMNS_EXPORTED[15:19],
+    "balance_currency",
+    *_ACCOUNT_COLUMNS_EXPORTED[19:31],
+    "in_use",
+    "sip",
+    "iax",
+    *_ACCOUNT_COLUMNS_EXPORTED[31:],
+)
+# exported but kept by callgate: an import ignores them, so an export imports back
+READ_ONLY_COLUMNS = frozenset(
+    {
+        "id",
+        "balance_currency",
+        "first_use_at",
+        "last_use_at",
+        "call_count",
+        "in_use",
+        "sip",
+        "iax",
+        "created_at",
+    }
+)
+
+
+def check_columns(columns: Iterable[str]) -> tuple[str, ...]:
+    """The export columns asked for, in order; unknown names are an error."""
+    chosen = tuple(c.strip() for c in columns if c.strip())
+    unknown = [c for c in chosen if c not in EXPORT_COLUMNS]
+    if unknown:
+        raise InvalidDataError(
+            f"unknown column(s) {', '.join(unknown)} (known: {', '.join(EXPORT_COLUMNS)})"
+        )
+    if not chosen:
+        raise InvalidDataError("no columns chosen")
+    return chosen
+
+
+async def iter_export_rows(
+    conn: AsyncConnection,
+    criteria: AccountCriteria | None = None,
+    columns: Sequence[str] = EXPORT_COLUMNS,
+    *,
+    chunk: int = 1000,
+) -> AsyncIterator[dict[str, Any]]:
+    """The chosen accounts by id, ``column -> value``, read in chunks (keyset on the id)."""
+    columns = check_columns(columns)
+    where = await account_filter(conn, criteria or AccountCriteria())
+    open_res = _open_reservations()
+    cols = _listing_columns(open_res)
+    last = 0
+    while True:
+        query = (
+            select(*cols.values())
+            .select_from(_listing_from(open_res))
+            .where(where, accounts.c.id > last)
+            .order_by(accounts.c.id)
+            .limit(chunk)
+        )
+        rows = (await conn.execute(query)).all()
+        for r in rows:
+            m = r._mapping
+            full: dict[str, Any] = {name: m[name] for name in _ACCOUNT_COLUMNS_EXPORTED}
+            full.update(
+                group=m["group"],
+                plan=m["plan"],
+                balance_currency=_in_currency(m["balance"], m["currency_value"]),
+                in_use=int(m["in_use"]),
+                sip=bool(m["sip"]),
+                iax=bool(m["iax"]),
+                portal_access=bool(m["portal_access"]),
+            )
+            yield {name: full[name] for name in columns}
+        if len(rows) < chunk:
+            return
+        last = rows[-1].id
+
+
+class AccountImportError(InvalidDataError):
+    """An import found errors; nothing was imported. ``errors`` are ``line N: ...`` texts."""
+
+    MAX_SHOWN = 50
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        shown = list(errors[: self.MAX_SHOWN])
+        more = len(errors) - len(shown)
+        tail = [f"... and {more} more"] if more > 0 else []
+        super().__init__(
+            f"{len(errors)} error(s), nothing imported:\n" + "\n".join([*shown, *tail])
+        )
+        self.errors = list(errors)
+
+
+def check_import_header(header: Sequence[str]) -> None:
+    """The columns of an import file: known fields, exported read-only ones (ignored)."""
+    known = set(TEXT_FIELDS) | set(FIELD_ALIASES) | READ_ONLY_COLUMNS
+    unknown = [h for h in header if h not in known]
+    if unknown:
+        raise AccountImportError(
+            [f"line 1: unknown column(s) {', '.join(repr(u) for u in unknown)}"]
+        )
+    if len(set(header)) != len(header):
+        raise AccountImportError(["line 1: a column is named twice"])
+
+
+async def import_accounts(
+    conn: AsyncConnection,
+    rows: Iterable[tuple[int, Mapping[Any, Any]]],
+    *,
+    default_plan_id: int | None = None,
+    number_length: int = DEFAULT_NUMBER_LENGTH,
+) -> int:
+    """Create the accounts of ``(line number, column -> text)`` rows, all or nothing.
+
+    Every row is checked first (fields, plan, duplicate numbers and aliases in the file or the
+    database) and every bad line is reported as ``line N: ...`` in one :class:`AccountImportError`;
+    only a clean file is written. Empty cells take the defaults (a random number or alias, zero
+    balance...). Run it in one transaction; raising rolls it all back.
+    """
+    errors: list[str] = []
+    parsed: list[tuple[int, int, dict[str, Any]]] = []
+    first_line: dict[tuple[str, str], int] = {}
+    for line, raw in rows:
+        if None in raw:
+            errors.append(f"line {line}: more cells than columns")
+            continue
+        cells = {
+            k: v
+            for k, v in raw.items()
+            if k is not None and k not in READ_ONLY_COLUMNS and v is not None and v.strip()
+        }
+        try:
+            fields = await parse_account_fields(conn, cells)
+            plan_id = fields.pop("call_plan_id", default_plan_id)
+            if plan_id is None:
+                raise InvalidDataError(
+                    "no plan (a plan column or --plan): configure the call plan first"
+                )
+            _check_expiry_fields(fields)
+            for key, column in (("number", accounts.c.number), ("alias", accounts.c.alias)):
+                value = fields.get(key)
+                if value is None:
+                    continue
+                earlier = first_line.setdefault((key, value), line)
+                if earlier != line:
+                    raise ConflictError(f"{key} {value!r} repeats line {earlier}")
+                if await _exists(conn, column, value):
+                    raise ConflictError(f"{key} {value!r} is taken")
+        except (InvalidDataError, NotFoundError, ConflictError) as exc:
+            errors.append(f"line {line}: {exc}")
+            continue
+        parsed.append((line, plan_id, fields))
+    if errors:
+        raise AccountImportError(errors)
+    if not parsed:
+        raise InvalidDataError("the file holds no accounts")
+    taken = {value for _, value in first_line}
+    for line, plan_id, fields in parsed:
+        try:
+            await open_account(
+                conn, call_plan_id=plan_id, number_length=number_length, taken=taken, **fields
+            )
+        except (InvalidDataError, NotFoundError, ConflictError) as exc:
+            raise AccountImportError([f"line {line}: {exc}"]) from exc
+    return len(parsed)
+
+
+# --- everything about one customer ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FriendInfo:
+    technology: str  # SIP or IAX
+    name: str
+    host: str
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
+class IpAuth:
+    address: str
+    channel_limit: int | None
+    cps_limit: int | None
+    tech_prefix: str
+    direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    uniqueid: str
+    started_at: datetime
+    number: str
+    destination: str
+    billsec: int
+    cost: Decimal
+    status: str
+    dial_status: str
+    trunk: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """A2Billing's "Customer Information": one customer on one screen."""
+
+    account: Account
+    group: str | None
+    plan: str
+    balance_in_currency: Decimal
+    in_use: int  # calls in progress (open reservations)
+    reserved: Decimal  # held by those calls
+    available: Decimal  # balance + debit limit - reserved
+    friends: tuple[FriendInfo, ...]
+    callerids: tuple[CallerId, ...]
+    ips: tuple[IpAuth, ...]
+    contacts: tuple[Contact, ...]
+    last_calls: tuple[CallSummary, ...]
+    last_payments: tuple[Payment, ...]
+
+
+async def account_info(conn: AsyncConnection, account_id: int, *, last: int = 10) -> AccountInfo:
+    """Everything about one account: names, money, friends, caller IDs, IPs, last calls/payments."""
+    account = await fetch_account(conn, account_id)
+    names = (
+        await conn.execute(
+            select(call_plans.c.name, customer_groups.c.name, currencies.c.value)
+            .select_from(
+                accounts.join(call_plans, call_plans.c.id == accounts.c.call_plan_id)
+                .join(currencies, currencies.c.code == accounts.c.currency)
+                .outerjoin(customer_groups, customer_groups.c.id == accounts.c.group_id)
+            )
+            .where(accounts.c.id == account_id)
+        )
+    ).one()
+    held = (
+        await conn.execute(
+            select(func.count()).where(
+                reservations.c.account_id == account_id,
+                reservations.c.status == ReservationStatus.OPEN.value,
+            )
+        )
+    ).one()
+    reserved = await conn.scalar(
+        select(func.sum(reservations.c.amount)).where(
+            reservations.c.account_id == account_id,
+            reservations.c.status == ReservationStatus.OPEN.value,
+        )
+    )
+    reserved = reserved if reserved is not None else quantize_money(Decimal(0))
+    friends: list[FriendInfo] = []
+    for tech, table in (("SIP", sip_friends), ("IAX", iax_friends)):
+        row = (await conn.execute(select(table).where(table.c.account_id == account_id))).first()
+        if row is not None:
+            friends.append(FriendInfo(tech, row.name, row.host, row.context))
+    ips = tuple(
+        IpAuth(r.address, r.channel_limit, r.cps_limit, r.tech_prefix, r.direction)
+        for r in await conn.execute(
+            select(account_ips)
+            .where(account_ips.c.account_id == account_id)
+            .order_by(account_ips.c.address)
+        )
+    )
+    last_calls = tuple(
+        CallSummary(
+            r.uniqueid,
+            r.started_at,
+            r.number or r.dialed_number,
+            r.destination,
+            r.billsec,
+            r.cost,
+            r.status,
+            r.dial_status,
+            r.trunk,
+        )
+        for r in await conn.execute(
+            select(calls)
+            .where(calls.c.account_id == account_id)
+            .order_by(calls.c.started_at.desc(), calls.c.id.desc())
+            .limit(last)
+        )
+    )
+    return AccountInfo(
+        account=account,
+        group=names[1],
+        plan=names[0],
+        balance_in_currency=_in_currency(account.balance, names[2]),
+        in_use=int(held[0]),
+        reserved=reserved,
+        available=account.balance + account.debit_limit - reserved,
+        friends=tuple(friends),
+        callerids=tuple(await list_callerids(conn, account_id)),
+        ips=ips,
+        contacts=tuple(await list_contacts(conn, account_id)),
+        last_calls=last_calls,
+        last_payments=tuple(await list_payments(conn, account_id=account_id, limit=last)),
+    )
