@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from callgate import __version__
-from callgate.cli import config_cmd, db, plans
+from callgate.cli import accounts, config_cmd, db, payments, plans
 from callgate.cli._common import AppContext
 from callgate.config import SettingsError, load_settings
 
@@ -70,6 +70,8 @@ cli.add_command(plans.plans)
 cli.add_command(plans.tables)
 cli.add_command(plans.trunks)
 cli.add_command(plans.rates)
+cli.add_command(accounts.accounts)
+cli.add_command(payments.payments)
 
 
 def main() -> None:
