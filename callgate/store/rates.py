@@ -38,7 +38,7 @@ from sqlalchemy import delete, func, select, text, type_coerce
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import NullType
+from sqlalchemy.types import NullType, TypeDecorator
 
 from callgate.rating import (
     CallPlan,
@@ -71,6 +71,8 @@ __all__ = [
     "import_rates",
     "iter_rates",
     "notify_rates_changed",
+    "parse_deck",
+    "plans_of_table",
     "rate_counts",
 ]
 
@@ -487,7 +489,9 @@ class _Loader:
 
 def _bind_processors(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
     """The schema's own conversions (Money as scaled integer on SQLite, UTC times) per column."""
-    return [rates.c[name].type.bind_processor(dialect) for name in _DB_COLUMNS]
+    return [
+        rates.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _DB_COLUMNS
+    ]
 
 
 async def import_rates(
@@ -594,13 +598,23 @@ _DECODED = (
 )
 
 
+def _result_processor(name: str, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The schema's own decoding of a raw value of column `name` (Money, UtcDateTime)."""
+    kind = rates.c[name].type
+    if dialect.name == "postgresql" and isinstance(kind, TypeDecorator):
+        # asyncpg hands back Decimal and aware datetimes itself: only our layer is left
+        decorator: TypeDecorator[Any] = kind
+        return lambda raw: decorator.process_result_value(raw, dialect)
+    return kind.dialect_impl(dialect).result_processor(dialect, None)
+
+
 class _RowDecoder:
     """Raw driver values -> `Rate`, with each distinct money/time value decoded once."""
 
     def __init__(self, dialect: Dialect, interner: Interner) -> None:
         self._interner = interner
         self._processors: dict[str, Callable[[Any], Any] | None] = {
-            name: rates.c[name].type.result_processor(dialect, None) for name in _DECODED
+            name: _result_processor(name, dialect) for name in _DECODED
         }
         self._caches: dict[str, dict[Any, Any]] = {name: {} for name in _DECODED}
 
