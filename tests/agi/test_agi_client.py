@@ -282,7 +282,7 @@ async def test_run_load_measures_every_call() -> None:
     assert len(result.setup_ms) == 40 and len(result.session_ms) == 40
     assert all(ms >= 0 for ms in result.setup_ms)
     assert result.sessions_per_second > 0
-    assert len(seen) == 40 and all(1000 <= talk_of(item) < 1100 for item in seen)  # wall clock
+    assert len(seen) == 40 and all(1000 <= talk_of(item) < 3000 for item in seen)  # wall clock
     assert "40/40 sessions" in result.summary()
 
 
