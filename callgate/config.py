@@ -125,6 +125,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     log_level: str = "INFO"
+    server_name: str = ""  # this callgate in billing records; default: the host name
     agi: AgiSettings = AgiSettings()
     ami: AmiSettings = AmiSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -8,7 +8,18 @@ from typing import Any
 import click
 
 from callgate import __version__
-from callgate.cli import accounts, config_cmd, db, payments, plans
+from callgate.cli import (
+    accounts,
+    confgen,
+    config_cmd,
+    db,
+    demo,
+    friends,
+    payments,
+    plans,
+    serve,
+    simulate,
+)
 from callgate.cli._common import AppContext
 from callgate.config import SettingsError, load_settings
 
@@ -72,6 +83,11 @@ cli.add_command(plans.trunks)
 cli.add_command(plans.rates)
 cli.add_command(accounts.accounts)
 cli.add_command(payments.payments)
+cli.add_command(serve.serve)
+cli.add_command(simulate.simulate)
+cli.add_command(demo.demo)
+cli.add_command(confgen.confgen)
+accounts.accounts.add_command(friends.friend)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from callgate.agi.errors import AgiError, AgiHangup
 from callgate.agi.session import AgiSession
+from callgate.config import Settings
 from callgate.rating import (
     InsufficientCreditError,
     RatingError,
@@ -48,7 +50,6 @@ from callgate.store.ledger import CallRecord
 from callgate.store.ports import (
     AccountLookup,
     CallerAccount,
-    Grant,
     Ledger,
     Refused,
     RoutePlans,
@@ -305,14 +306,10 @@ class CallFlows:
         if plan is None:
             await self._finish(session, state, "NO_RATE", "the account's call plan has no rates")
             return
-        rules = NumberRules(
-            international_prefixes=self.settings.international_prefixes,
-            remove_international_prefix=self.plans.remove_international_prefix(
-                account.call_plan_id
-            ),
-        )
         try:
-            state.number = normalise_number(state.dialled, rules)
+            state.number = normalise_for_plan(
+                self.plans, self.settings, account.call_plan_id, state.dialled
+            )
         except RatingError as exc:
             await self._finish(session, state, "NO_RATE", str(exc))
             return
@@ -438,9 +435,11 @@ class CallFlows:
         billsec, note = talk_seconds(attempt)
         if note:
             log.error("%s: %s", state.uniqueid, note)
-        state.billsec = billsec
-        state.note = note
+        # L() cuts the callee at the grant; anything measured beyond it is the few ms between
+        # Dial returning and our end stamp, never talk the customer had
         charged_seconds = min(billsec, state.granted)
+        state.billsec = charged_seconds
+        state.note = note
         status = "OK"
         if attempt.dial_status in FAILOVER_STATUSES or not attempt.dial_status:
             status = "ROUTE_FAILED"
@@ -571,4 +570,90 @@ def _pricer(route: Route, cap: int) -> Callable[[Decimal], tuple[int, Decimal]]:
     return price
 
 
-__all__ = ["CallFlows", "FlowSettings", "Grant", "dial_string", "limit_option", "talk_seconds"]
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """One route of a simulated call: where it would dial, for how long, what it holds."""
+
+    table: str
+    priority: int
+    prefix: str
+    destination: str
+    rate: Decimal
+    buy_rate: Decimal
+    trunk: str
+    granted_seconds: int
+    reserve: Decimal
+    dial: str  # the Dial application's arguments, "" when the trunk is missing
+
+
+def normalise_for_plan(
+    plans: RoutePlans, settings: FlowSettings, plan_id: int, dialled: str
+) -> str:
+    """The number the flow rates for ``dialled`` under the plan's rules (RatingError if none)."""
+    rules = NumberRules(
+        international_prefixes=settings.international_prefixes,
+        remove_international_prefix=plans.remove_international_prefix(plan_id),
+    )
+    return normalise_number(dialled, rules)
+
+
+def simulate_routes(
+    plans: RoutePlans,
+    settings: FlowSettings,
+    *,
+    plan_id: int,
+    dialled: str,
+    available: Decimal,
+    uniqueid: str,
+    at: datetime,
+) -> tuple[str, list[RouteChoice]]:
+    """The decision of the ``call`` flow for a number, without Asterisk and without reserving:
+    the normalised number and, per route in order, the grant, the reservation and the Dial
+    string the flow would send (ConnexCS's "Simulate"). Raises RatingError for a bad number."""
+    plan = plans.plan(plan_id)
+    number = normalise_for_plan(plans, settings, plan_id, dialled)
+    if plan is None:
+        return number, []
+    cap = min(plan.max_call_seconds, settings.max_call_seconds)
+    choices: list[RouteChoice] = []
+    for route in find_routes(plan, number, at.astimezone(ZoneInfo(settings.timezone))):
+        seconds, amount = grant(route, available, cap)
+        trunk = plans.trunk(route.trunk) if route.trunk else None
+        dial = ""
+        if trunk is not None and seconds > 0:
+            options = f"U({settings.answer_subroutine}^{uniqueid})" + limit_option(
+                seconds, settings.dial_warning_seconds, settings.dial_warning_repeat_seconds
+            )
+            dial = (
+                f"{dial_string(trunk, number)},{settings.dial_ring_seconds},"
+                f"{options}{trunk.dial_options}"
+            )
+        choices.append(
+            RouteChoice(
+                table=route.table,
+                priority=route.priority,
+                prefix=route.rate.prefix,
+                destination=route.rate.destination,
+                rate=route.rate.rate,
+                buy_rate=route.rate.buy_rate,
+                trunk=route.trunk or "",
+                granted_seconds=seconds,
+                reserve=amount,
+                dial=dial,
+            )
+        )
+    return number, choices
+
+
+def flow_settings(settings: Settings) -> FlowSettings:
+    """The flows' policy from the settings."""
+    billing = settings.billing
+    return FlowSettings(
+        international_prefixes=tuple(billing.international_prefixes),
+        dial_ring_seconds=billing.dial_ring_seconds,
+        dial_warning_seconds=billing.dial_warning_seconds,
+        dial_warning_repeat_seconds=billing.dial_warning_repeat_seconds,
+        max_call_seconds=billing.max_call_seconds,
+        timezone=billing.timezone,
+        server=settings.server_name or socket.gethostname(),
+    )

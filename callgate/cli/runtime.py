@@ -1,0 +1,124 @@
+"""The composition root: build the real parts from the settings and run them together.
+
+``callgate serve`` and ``callgate demo`` both use :class:`Runtime`: a database engine, the rate
+cache (every rate table's prefix index in memory), trunks and plan options in memory, the SQL
+ledger, the call flows and the FastAGI server. Background tasks (trunk refresh; later the AMI
+listener, the reaper and metrics) run beside the server and stop with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate.agi.flows.call import CallFlows, flow_settings
+from callgate.agi.server import AgiServer
+from callgate.config import Settings
+from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger
+from callgate.store.db import create_engine
+from callgate.store.ratecache import RateCache
+
+log = logging.getLogger(__name__)
+
+ROUTING_REFRESH_SECONDS = 30
+
+
+class StartupError(Exception):
+    """The server cannot start (database, rates, bind): exit code 3."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    cache: RateCache
+    routing: RoutingData
+    flows: CallFlows
+    server: AgiServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        async def runner() -> None:
+            await factory()
+
+        self.tasks.append(asyncio.create_task(runner(), name=name))
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Drain the FastAGI sessions, stop the background tasks, close everything."""
+        try:
+            if not self.server.closing:
+                await self.server.shutdown(drain_seconds)
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.cache.close()
+            await self.engine.dispose()
+
+
+async def _refresh_routing(routing: RoutingData) -> None:
+    while True:
+        await asyncio.sleep(ROUTING_REFRESH_SECONDS)
+        try:
+            await routing.refresh()
+        except Exception:
+            log.exception("refreshing trunks and plan options failed; keeping the old ones")
+
+
+async def open_runtime(settings: Settings, *, engine: AsyncEngine | None = None) -> Runtime:
+    """Build and start everything; raises :class:`StartupError` when the server cannot start."""
+    engine = engine or create_engine(settings.database_url)
+    cache = RateCache(engine)
+    try:
+        await cache.start()
+    except Exception as exc:
+        await engine.dispose()
+        raise StartupError(f"cannot load the rates: {exc}") from exc
+    routing = RoutingData(engine, cache.plan)
+    try:
+        await routing.refresh()
+    except Exception as exc:
+        await cache.close()
+        await engine.dispose()
+        raise StartupError(f"cannot load the trunks: {exc}") from exc
+    policy = flow_settings(settings)
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=routing,
+        ledger=SqlLedger(
+            engine,
+            grace_seconds=settings.billing.reservation_grace_seconds,
+            server=policy.server,
+        ),
+        settings=policy,
+    )
+    agi = settings.agi
+    server = AgiServer(
+        {"call": flows.call, "card": flows.card},
+        host=agi.host,
+        port=agi.port,
+        allow=agi.allow,
+        max_sessions=agi.max_sessions,
+        header_timeout_ms=agi.header_timeout_ms,
+        command_timeout_ms=agi.command_timeout_ms,
+    )
+    runtime = Runtime(settings, engine, cache, routing, flows, server)
+    try:
+        await server.start()
+    except OSError as exc:
+        await cache.close()
+        await engine.dispose()
+        raise StartupError(f"cannot listen on {agi.host}:{agi.port}: {exc}") from exc
+    runtime.spawn("routing-refresh", lambda: _refresh_routing(routing))
+    return runtime
+
+
+def with_agi_port(settings: Settings, host: str, port: int) -> Settings:
+    return replace(settings, agi=replace(settings.agi, host=host, port=port))
