@@ -689,13 +689,27 @@ async def iter_rates(
         try:
             async for partition in result.partitions(batch):
                 make = decoder.rate
-                yield [
-                    make(row, None if row[17] is None else trunk_names[row[17]])
-                    for row in partition
-                ]
+                try:
+                    decoded = [
+                        make(row, None if row[17] is None else trunk_names[row[17]])
+                        for row in partition
+                    ]
+                except InvalidRateError as exc:  # written by hand, past the import checks
+                    bad = _first_bad(partition, decoder, trunk_names)
+                    raise InvalidDataError(f"rate table {table_id}, rate {bad}: {exc}") from exc
+                yield decoded
                 await asyncio.sleep(0)  # let other tasks run between batches
         finally:
             await result.close()
+
+
+def _first_bad(rows: Sequence[Any], decoder: _RowDecoder, trunk_names: Mapping[int, str]) -> object:
+    for row in rows:
+        try:
+            decoder.rate(row, None if row[17] is None else trunk_names[row[17]])
+        except InvalidRateError:
+            return f"id {row[0]} (prefix {row[1]!r})"
+    return "?"  # pragma: no cover - called only after one failed
 
 
 async def rate_counts(conn: AsyncConnection) -> dict[int, int]:
