@@ -10,7 +10,7 @@ One :class:`AmiClient` per Asterisk server. Its shape:
   (100 ms). A full queue drops the oldest (or newest) event and counts it.
 * **A pinger task.** ``Action: Ping`` every ``ping_interval``; no answer within ``ping_timeout``
   means a dead peer (half-open TCP): the connection is aborted and re-established. The socket read
-  has its own deadline too (``ping_interval + ping_timeout`` without a byte).
+  has its own deadline too, as a backstop (``2 * (ping_interval + ping_timeout)`` of silence).
 * **A supervisor task** that reconnects forever, until :meth:`AmiClient.close`, with exponential
   backoff and full jitter, then runs the ``on_login`` hook (the listener resyncs its live channels
   with ``CoreShowChannels`` there: AMI has no replay). Actions pending when a connection drops
@@ -613,6 +613,8 @@ class AmiClient:
         finally:
             pinger.cancel()
             await asyncio.wait([pinger])
+            for task in (conn.reader_task, pinger):
+                self._reap(task)
             if self._conn is conn:
                 self._conn = None
             self._set_connected(False)
@@ -620,6 +622,11 @@ class AmiClient:
                 self.stats.disconnects += 1
                 metrics.AMI_DISCONNECTS.labels(server=self.name).inc()
             await self._discard(conn)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        """Retrieve a finished task's unexpected exception: log it, never lose it."""
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("AMI %s: task %s crashed", self.name, task.get_name(), exc_info=exc)
 
     async def _ping_loop(self, conn: _Connection) -> None:
         while not conn.closed:
@@ -640,8 +647,8 @@ class AmiClient:
                 return
 
     async def _read_loop(self, conn: _Connection, early: list[AmiMessage]) -> None:
-        # Silence longer than a ping round means a dead peer even if the pinger missed it.
-        idle = self._ping_interval + self._ping_timeout
+        # A backstop behind the pinger (which detects first): twice a ping round of silence.
+        idle = 2 * (self._ping_interval + self._ping_timeout)
         reason = "AMI connection lost"
         try:
             for message in early:
