@@ -12,10 +12,11 @@ with the same `cost` function, so it can never disagree with what the call is ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from callgate.rating.money import quantize_money
+from callgate.rating.money import MONEY_QUANTUM, quantize_money
 
 if TYPE_CHECKING:
     from callgate.rating.model import Rate, Route
@@ -24,6 +25,7 @@ __all__ = ["billed_seconds", "buy_cost", "cost", "grant", "max_duration"]
 
 _ZERO = Decimal(0)
 _SIXTY = Decimal(60)
+_HALF_UNIT = MONEY_QUANTUM / 2  # 0.000005
 
 
 def billed_seconds(billsec: int, initial_block: int, increment: int) -> int:
@@ -79,15 +81,10 @@ def max_duration(rate: Rate, available: Decimal, cap: int) -> int:
     """
     if available < 0 or cap <= 0:
         return 0
-    if cost(rate, cap) <= available:
-        return cap
-    if cost(rate, 1) > available:
-        return 0
-    # Now 1 <= answer < cap. Within one fee regime cost depends on d only through the billing
-    # step; the disconnect fee switches regime at disconnect_after.
+    # Within one fee regime cost depends on d only through the billing step; the disconnect
+    # fee switches regime at disconnect_after.
     after = rate.disconnect_after
-    with_fee = rate.connect_fee + rate.disconnect_fee
-    longest = _longest_at_fee(rate, available, cap, with_fee)
+    longest = _longest_at_fee(rate, available, cap, rate.connect_fee + rate.disconnect_fee)
     if after == 0 or longest >= after:
         return longest
     # No call of disconnect_after seconds or more is affordable: the answer is before it.
@@ -98,31 +95,54 @@ def max_duration(rate: Rate, available: Decimal, cap: int) -> int:
 def _longest_at_fee(rate: Rate, available: Decimal, cap: int, fee: Decimal) -> int:
     """Largest d in [0, cap] with ``_price(billed(d), fee) <= available``, the fee held fixed.
 
-    `available` >= 0 and the minimal cost is known to be payable. Step k >= 0 ends at
-    ``x + k * y`` (k = 0 is the first block; with x = 0 it is d = 0, which is free).
+    `available` >= 0, `cap` >= 1. Step k >= 0 ends at ``x + k * y`` (k = 0 is the first block;
+    with x = 0 it is d = 0, which is free), and every second of a step costs the same, so the
+    answer is the end of the last affordable step, or `cap`.
     """
     x = rate.initial_block
     y = rate.increment or 1
     top = 0 if cap <= x else -((x - cap) // y)  # the step that holds cap
-    per_minute = rate.rate
-    if per_minute == 0:
-        affordable = _price(rate, x or 1, fee) <= available
-        return cap if affordable else 0
-    # First guess from exact decimal arithmetic; the checks below absorb the final rounding.
-    seconds = (available - fee) * _SIXTY / per_minute
-    step = -1 if seconds < x else min(top, int((seconds - x) // y))
 
-    def affordable_step(k: int) -> bool:
-        end = x + k * y
+    def affordable(step: int) -> bool:
+        end = x + step * y
         return end == 0 or _price(rate, end, fee) <= available
 
-    while step >= 0 and not affordable_step(step):
-        step -= 1
-    while step < top and affordable_step(step + 1):
-        step += 1
-    if step < 0:
-        return 0
-    return min(x + step * y, cap)
+    per_minute = rate.rate
+    if per_minute == 0:
+        return cap if affordable(top) else 0
+    # Hints from decimal arithmetic. A charge of at most available - 1/2 unit rounds to at
+    # most `available`; one of at least available + 1/2 unit rounds above it. The search
+    # checks the hints with `_price` itself, so only speed depends on them.
+    low = (available - _HALF_UNIT - fee) * _SIXTY / per_minute - x
+    high = (available + _HALF_UNIT - fee) * _SIXTY / per_minute - x
+    step = _last_true(
+        affordable,
+        top,
+        -1 if low < 0 else int(low / y),
+        0 if high < 0 else int(high / y) + 1,
+    )
+    return 0 if step < 0 else min(x + step * y, cap)
+
+
+def _last_true(ok: Callable[[int], bool], top: int, low: int, high: int) -> int:
+    """The largest k in [-1, top] with ``ok(k)``, for `ok` true then false (``ok(-1)`` is true).
+
+    `low` and `high` are hints: ``ok(low)`` and ``not ok(high)`` expected. Good hints make it
+    two calls of `ok`; wrong ones cost a binary search, never a wrong answer.
+    """
+    low = max(-1, min(low, top))
+    high = max(low + 1, min(high, top + 1))
+    if low >= 0 and not ok(low):
+        low, high = -1, low
+    if high <= top and ok(high):
+        low, high = high, top + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if ok(middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def grant(route: Route, available: Decimal, cap: int) -> tuple[int, Decimal]:

@@ -55,7 +55,9 @@ class PrefixIndex:
             prefix = rate.prefix
             found = get(prefix)
             if found is None:
-                table[prefix] = rate
+                # A lone rate without dates or window is stored bare: lookup returns it as is.
+                # Everything else is a tuple, whose rates lookup checks against `at`.
+                table[prefix] = rate if rate.always_valid else (rate,)
             elif isinstance(found, tuple):
                 table[prefix] = (*found, rate)
             else:
@@ -104,16 +106,14 @@ class PrefixIndex:
             raise ValueError(f"at must be timezone-aware: {at!r}")
         if not (number.isascii() and number.isdigit()):
             return ()
-        table = self._rates
+        get = self._rates.get
         for length in range(min(len(number), self._max_len), self._min_len - 1, -1):
-            found = table.get(number[:length])
+            found = get(number[:length])
             if found is None:
                 continue
-            if isinstance(found, Rate):
-                if found.always_valid or rate_applies(found, at):
-                    return (found,)
-                continue
-            applying = tuple(rate for rate in found if rate_applies(rate, at))
+            if not isinstance(found, tuple):
+                return (found,)
+            applying = tuple([rate for rate in found if rate_applies(rate, at)])
             if applying:
                 return applying
         return ()

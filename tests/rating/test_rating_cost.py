@@ -15,6 +15,7 @@ from callgate.rating import (
     grant,
     max_duration,
 )
+from callgate.rating.cost import _last_true
 
 D = Decimal
 MAX_CALL = 36000
@@ -284,3 +285,21 @@ def test_grant_is_max_duration_and_its_cost(rate: Rate, available: Decimal, cap:
     assert seconds == max_duration(rate, available, cap)
     assert reserve == cost(rate, seconds)
     assert reserve <= max(available, D(0))
+
+
+@given(st.integers(0, 5000), st.data())
+def test_the_step_search_is_exact_whatever_the_hints(top: int, data: st.DataObject) -> None:
+    last = data.draw(st.integers(-1, top), label="last affordable step")
+    low = data.draw(st.integers(-10, top + 10), label="low hint")
+    high = data.draw(st.integers(-10, top + 10), label="high hint")
+    calls: list[int] = []
+
+    def ok(step: int) -> bool:
+        assert -1 < step <= top
+        calls.append(step)
+        return step <= last
+
+    assert _last_true(ok, top, low, high) == last
+    assert len(calls) <= 2 + top.bit_length() + 1
+    if low == last and high == last + 1:
+        assert len(calls) <= 2

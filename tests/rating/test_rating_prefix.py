@@ -66,6 +66,15 @@ def test_week_windows_filter_including_the_wrap() -> None:
     assert index.lookup("331", datetime(2026, 11, 20, 18, 0, tzinfo=UTC)) == ()  # Fri 18:00
 
 
+def test_an_always_valid_rate_shares_its_prefix_with_a_windowed_one() -> None:
+    plain = rate("33", "0.5")
+    evening = rate("33", "0.2", week_start=1080, week_end=1439)  # Monday 18:00 .. 23:59
+    index = PrefixIndex("t", [plain, evening])
+    assert index.lookup("331", AT) == (plain,)
+    assert index.lookup("331", datetime(2026, 11, 16, 20, 0, tzinfo=UTC)) == (plain, evening)
+    assert index.get("33") == (plain, evening)
+
+
 def test_a_single_rate_outside_its_window_falls_back() -> None:
     night = rate("331", "0.05", week_start=1320, week_end=1800)  # Mon 22:00 .. Tue 06:00
     index = PrefixIndex("t", [night, rate("33")])
