@@ -212,7 +212,7 @@ class AgiSession:
                 self._broken = f"{text!r} timed out after {deadline_ms} ms"
                 AGI_COMMAND_TIMEOUTS.inc()
                 raise AgiTimeout(f"no reply to {text!r} within {deadline_ms} ms") from exc
-            except ConnectionError as exc:
+            except OSError as exc:  # ConnectionResetError, BrokenPipeError... (not timeouts)
                 self._broken = f"connection lost during {text!r}"
                 if self.hung_up:
                     raise AgiHangup("connection lost after HANGUP", command=text) from exc
@@ -242,8 +242,9 @@ class AgiSession:
     async def wait_hangup(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` for an unsolicited ``HANGUP`` line while no command runs
         (Asterisk sends it ~40 ms after the reply of the command during which the caller hung
-        up, e.g. EXEC Dial). Returns `hung_up`. A timeout leaves the session usable; any other
-        line, or EOF, is a protocol error. A peer EOF after HANGUP just returns True."""
+        up, e.g. EXEC Dial). Returns `hung_up` (at once when HANGUP was already seen). A
+        timeout leaves the session usable; any other line, or EOF, is a protocol error and
+        breaks the session."""
         async with self._lock:
             if self.hung_up or self._closed or self._broken is not None:
                 return self.hung_up
@@ -253,8 +254,8 @@ class AgiSession:
                     raw = await _read_line(self._reader, "an unsolicited HANGUP")
             except TimeoutError:
                 return False
-            except AgiProtocolError:
-                self._broken = "peer closed the connection while idle"
+            except AgiProtocolError as exc:
+                self._broken = f"while idle: {exc}"
                 raise
             line = decode_line(raw)
             if line != "HANGUP":
