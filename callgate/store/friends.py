@@ -273,6 +273,9 @@ def _validate_one(kind: FriendKind, key: str, raw: Any) -> Any:
         return raw
     if not isinstance(raw, str):
         raise InvalidDataError(f"{key} must be text, not {raw!r}")
+    bad = _first_bad(raw)  # before any trimming: a newline is refused, not silently dropped
+    if bad is not None:
+        raise _refuse(key, raw, f"it contains {describe_char(bad)}")
     if key == "host":
         return _validate_host(raw)
     if key == "context":
