@@ -508,9 +508,22 @@ def status_cmd(account: str, status: str) -> None:
 # --- list, batch update, delete ------------------------------------------------------------------
 
 _LIST_HEADERS = [
-    "ID", "NUMBER", "LOGIN", "LAST NAME", "GROUP", "BALANCE", "BAL (CUR)", "PLAN", "STATUS",
-    "LG", "USE", "CUR", "SIP", "IAX", "CALLS",
-]  # fmt: skip
+    "ID",
+    "NUMBER",
+    "LOGIN",
+    "LAST NAME",
+    "GROUP",
+    "BALANCE",
+    "BAL (CUR)",
+    "PLAN",
+    "STATUS",
+    "LG",
+    "USE",
+    "CUR",
+    "SIP",
+    "IAX",
+    "CALLS",
+]
 
 
 @accounts.command("list")
@@ -559,11 +572,26 @@ def list_cmd(
     echo_table(
         _LIST_HEADERS,
         [
-            [r.id, r.number, r.alias, r.last_name, r.group, r.balance, r.balance_currency, r.plan,
-             r.status.value, r.language, r.in_use, r.currency, _fmt(r.sip), _fmt(r.iax), r.calls]
+            [
+                r.id,
+                r.number,
+                r.alias,
+                r.last_name,
+                r.group,
+                r.balance,
+                r.balance_currency,
+                r.plan,
+                r.status.value,
+                r.language,
+                r.in_use,
+                r.currency,
+                _fmt(r.sip),
+                _fmt(r.iax),
+                r.calls,
+            ]
             for r in result.rows
         ],
-    )  # fmt: skip
+    )
     click.echo(
         f"page {result.page} of {result.pages} ({result.total} account(s), {criteria.describe()})",
         err=True,
