@@ -112,6 +112,7 @@ class CallStatus(StrEnum):
     CPS_LIMIT = "CPS_LIMIT"
     ROUTE_FAILED = "ROUTE_FAILED"
     ERROR = "ERROR"
+    CLI_REJECTED = "CLI_REJECTED"  # the account's caller ID rules deny this caller ID
 
 
 def _in(column: str, enum: type[StrEnum]) -> str:
@@ -533,6 +534,7 @@ calls = Table(
     Column("server", String(64), nullable=False, server_default=""),
     Column("note", Text(), nullable=False, server_default=""),
     _created(),
+    Column("recording", String(255), nullable=False, server_default=""),  # MixMonitor file
     CheckConstraint(_in("status", CallStatus), name="status"),
     CheckConstraint("billsec >= 0 AND granted_seconds >= 0", name="seconds"),
     CheckConstraint("cost >= 0 AND buy_cost >= 0", name="cost"),
@@ -600,3 +602,264 @@ settings = Table(
     Column("description", Text(), nullable=False, server_default=""),
     Column("updated_at", UtcDateTime(), nullable=False, server_default=func.now()),
 )
+
+
+# --------------------------------------------------------------------------- wholesale
+# IP authentication lives in ``account_ips`` above; these tables hold the rest of wholesale call
+# control: caller ID rules, DIDs, packages, period charges, alerts and their outbox. The call's
+# recording path is the ``recording`` column of ``calls`` (added by migration 0002).
+
+
+class CliRuleAction(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REWRITE = "rewrite"
+
+
+class PackageKind(StrEnum):
+    FREE_MINUTES = "free_minutes"
+    FREE_CALLS = "free_calls"
+    UNLIMITED = "unlimited"
+
+
+class PackagePeriod(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+class PackageUseStatus(StrEnum):
+    OPEN = "open"  # held by a call in progress
+    SETTLED = "settled"
+    RELEASED = "released"
+
+
+class ChargeKind(StrEnum):
+    PACKAGE = "package"
+    DID = "did"
+
+
+class AlertArea(StrEnum):
+    BALANCE = "balance"
+    CHANNELS = "channels"
+    DAILY_SPEND = "daily_spend"
+
+
+class AlertOperator(StrEnum):
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+
+
+class AlertState(StrEnum):
+    ARMED = "armed"  # the condition is false: the next crossing fires
+    FIRED = "fired"  # fired; re-armed when the condition is false again
+
+
+class NotificationChannel(StrEnum):
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+cli_rules = Table(
+    "cli_rules",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "account_id",
+        Integer(),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer(), nullable=False, server_default="0"),  # lower first
+    Column("action", String(8), nullable=False),
+    Column("pattern", String(64), nullable=False),  # a prefix or an Asterisk _pattern
+    Column("strip_digits", Integer(), nullable=False, server_default="0"),  # rewrite
+    Column("prepend", String(32), nullable=False, server_default=""),  # rewrite
+    Column("replace_with", String(64), nullable=False, server_default=""),  # rewrite
+    _created(),
+    CheckConstraint(_in("action", CliRuleAction), name="action"),
+    CheckConstraint("strip_digits >= 0", name="strip_digits"),
+    CheckConstraint("length(pattern) > 0", name="pattern"),
+)
+Index("ix_cli_rules_account", cli_rules.c.account_id, cli_rules.c.position)
+
+dids = Table(
+    "dids",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column("number", String(32), nullable=False, unique=True),
+    # PJSIP/<alias>, SIP/<alias>, IAX2/<alias>, Local/<exten>@<context>, or digits to dial out
+    Column("destination", String(128), nullable=False),
+    Column(
+        "account_id",
+        Integer(),
+        ForeignKey("accounts.id", ondelete="SET NULL"),
+        nullable=True,  # an unassigned DID refuses its calls
+    ),
+    Column(
+        "provider_trunk_id",
+        Integer(),
+        ForeignKey("trunks.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    Column("provider_cost", Money(), nullable=False, server_default="0"),  # per minute
+    Column("retail_rate", Money(), nullable=False, server_default="0"),  # per minute
+    Column("retail_monthly", Money(), nullable=False, server_default="0"),
+    Column("status", String(8), nullable=False, server_default=EnabledStatus.ACTIVE.value),
+    Column("description", Text(), nullable=False, server_default=""),
+    _created(),
+    CheckConstraint(_in("status", EnabledStatus), name="status"),
+    CheckConstraint(
+        "provider_cost >= 0 AND retail_rate >= 0 AND retail_monthly >= 0", name="prices"
+    ),
+    CheckConstraint("length(number) > 0 AND length(destination) > 0", name="identifiers"),
+)
+Index("ix_dids_account", dids.c.account_id)
+
+packages = Table(
+    "packages",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("period", String(8), nullable=False, server_default=PackagePeriod.MONTHLY.value),
+    Column("quantity", Integer(), nullable=False, server_default="0"),  # minutes or calls
+    Column("price", Money(), nullable=False, server_default="0"),  # per period and unit
+    Column("prefixes", Text(), nullable=False, server_default=""),  # comma-separated; "" = all
+    Column("description", Text(), nullable=False, server_default=""),
+    _created(),
+    CheckConstraint(_in("kind", PackageKind), name="kind"),
+    CheckConstraint(_in("period", PackagePeriod), name="period"),
+    CheckConstraint("quantity >= 0", name="quantity"),
+    CheckConstraint("price >= 0", name="price"),
+)
+
+account_packages = Table(
+    "account_packages",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "account_id",
+        Integer(),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "package_id",
+        Integer(),
+        ForeignKey("packages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("quantity", Integer(), nullable=False, server_default="1"),  # units of the package
+    Column("auto_decrement", Boolean(), nullable=False, server_default="0"),
+    _created(),
+    UniqueConstraint("account_id", "package_id", name="uq_account_packages_account_package"),
+    CheckConstraint("quantity > 0", name="quantity"),
+)
+Index("ix_account_packages_package", account_packages.c.package_id)
+
+package_usage = Table(
+    "package_usage",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "account_package_id",
+        Integer(),
+        ForeignKey("account_packages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("uniqueid", String(64), nullable=False, unique=True),  # one package per call
+    Column("period", String(16), nullable=False),  # 2026-11, 2026-W47, 2026-11-22
+    Column("seconds", Integer(), nullable=False, server_default="0"),  # held, then used
+    Column("status", String(8), nullable=False, server_default=PackageUseStatus.OPEN.value),
+    Column("expires_at", UtcDateTime(), nullable=False),  # an open hold counts until then
+    _created(),
+    CheckConstraint(_in("status", PackageUseStatus), name="status"),
+    CheckConstraint("seconds >= 0", name="seconds"),
+)
+Index(
+    "ix_package_usage_account_package_period",
+    package_usage.c.account_package_id,
+    package_usage.c.period,
+)
+
+period_charges = Table(
+    "period_charges",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "account_id",
+        Integer(),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(8), nullable=False),
+    Column("ref_id", Integer(), nullable=False),  # the package id or the DID id
+    Column("period", String(16), nullable=False),
+    Column("amount", Money(), nullable=False),
+    Column("description", Text(), nullable=False, server_default=""),
+    _created(),
+    UniqueConstraint(
+        "account_id", "kind", "ref_id", "period", name="uq_period_charges_account_kind_ref"
+    ),
+    CheckConstraint(_in("kind", ChargeKind), name="kind"),
+    CheckConstraint("amount >= 0", name="amount"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "account_id",
+        Integer(),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(64), nullable=False),
+    Column("recipient", String(128), nullable=False),  # an e-mail address or a phone number
+    Column("area", String(16), nullable=False),
+    Column("operator", String(2), nullable=False),
+    Column("threshold", Money(), nullable=False),
+    Column("state", String(8), nullable=False, server_default=AlertState.ARMED.value),
+    Column("last_value", Money(), nullable=True),
+    Column("fired_at", UtcDateTime(), nullable=True),
+    _created(),
+    UniqueConstraint("account_id", "name", name="uq_alerts_account_name"),
+    CheckConstraint(_in("area", AlertArea), name="area"),
+    CheckConstraint(_in("operator", AlertOperator), name="operator"),
+    CheckConstraint(_in("state", AlertState), name="state"),
+)
+
+alert_notifications = Table(
+    "alert_notifications",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "alert_id",
+        Integer(),
+        ForeignKey("alerts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("channel", String(8), nullable=False),
+    Column("recipient", String(128), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("body", Text(), nullable=False),
+    Column("status", String(8), nullable=False, server_default=NotificationStatus.PENDING.value),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("error", Text(), nullable=False, server_default=""),
+    _created(),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    CheckConstraint(_in("channel", NotificationChannel), name="channel"),
+    CheckConstraint(_in("status", NotificationStatus), name="status"),
+)
+Index("ix_alert_notifications_status", alert_notifications.c.status)
