@@ -156,11 +156,12 @@ def _echo_written(
 @click.option("--check", is_flag=True, help="Exit 1 when something is stale (for monitoring).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_cmd(check: bool, as_json: bool) -> None:
-    """Say whether friends changed since the generated files (and Realtime) were last written."""
+    """Say whether friends changed since the generated files (and Realtime) were last written.
+
+    Shows the formats of confgen.formats, and Realtime once it has been synced."""
     settings = app().settings
     snapshot = _load()
     shown: list[ConfTarget] = list(_settings_targets(settings))
-    shown += [t for t in snapshot.stale if t not in shown and t is not ConfTarget.REALTIME]
     if snapshot.realtime_owned is not None:
         shown.append(ConfTarget.REALTIME)
     data: dict[str, Any] = {}

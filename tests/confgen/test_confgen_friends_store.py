@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from callgate.schema.tables import account_ips, sip_friends
+from callgate.schema.tables import account_ips, call_plans, sip_friends
 from callgate.store import accounts as acc
 from callgate.store import friends as fr
 from callgate.store import plans
@@ -16,7 +16,7 @@ from callgate.store.friends import ConfTarget, FriendKind
 
 
 async def make_account(conn: AsyncConnection, alias: str) -> acc.Account:
-    plan = await conn.scalar(select(plans.call_plans.c.id).limit(1))
+    plan = await conn.scalar(select(call_plans.c.id).limit(1))
     if plan is None:
         plan = (await plans.create_call_plan(conn, name="retail")).id
     return await acc.create_account(conn, call_plan_id=int(plan), alias=alias)
@@ -94,7 +94,9 @@ async def test_one_friend_per_kind_and_unique_names(engine: AsyncEngine) -> None
         ({"call_limit": -1}, "0.."),
     ],
 )
-def test_values_asterisk_would_misread_are_refused(options: dict[str, object], message: str) -> None:
+def test_values_asterisk_would_misread_are_refused(
+    options: dict[str, object], message: str
+) -> None:
     values = dict(options)
     with pytest.raises(InvalidDataError, match=message):
         if "name" in values:
@@ -125,9 +127,14 @@ async def test_alias_that_cannot_name_a_peer_needs_a_name(engine: AsyncEngine) -
 async def test_iax_friends_refuse_sip_only_options(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         account = await make_account(conn, "iaxer")
-        for option in ({"nat": "yes"}, {"dtmfmode": "info"}, {"call_limit": 3}, {"permit": "1.2.3.4"}):
+        for option in (
+            {"nat": "yes"},
+            {"dtmfmode": "info"},
+            {"call_limit": 3},
+            {"permit": "1.2.3.4"},
+        ):
             with pytest.raises(InvalidDataError, match="SIP option"):
-                await fr.create_friend(conn, FriendKind.IAX, account.id, **option)  # type: ignore[arg-type]
+                await fr.create_friend(conn, FriendKind.IAX, account.id, **option)
 
 
 async def test_values_are_normalised(engine: AsyncEngine) -> None:

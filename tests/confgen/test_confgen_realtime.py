@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, inspect, insert, select, text, update
+from sqlalchemy import Connection, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callgate.confgen import realtime, service
 from callgate.confgen.asterisk_conf import parse_config
 from callgate.confgen.errors import RealtimeConflictError, RealtimeError
 from callgate.confgen.render import render_pjsip, render_sip
-from callgate.schema.tables import account_ips
-from callgate.store import friends as fr
+from callgate.schema.tables import account_ips, call_plans
 from callgate.store import accounts as acc
+from callgate.store import friends as fr
 from callgate.store import plans
 from callgate.store.db import create_engine
 from callgate.store.friends import ConfTarget, FriendKind
@@ -42,7 +42,7 @@ ASTERISK_INDEXES = {"sippeers_name", "sippeers_name_host", "iaxfriends_name", "p
 
 
 async def make_account(conn: AsyncConnection, alias: str) -> acc.Account:
-    plan = await conn.scalar(select(plans.call_plans.c.id).limit(1))
+    plan = await conn.scalar(select(call_plans.c.id).limit(1))
     if plan is None:
         plan = (await plans.create_call_plan(conn, name="retail")).id
     return await acc.create_account(conn, call_plan_id=int(plan), alias=alias)
@@ -131,7 +131,10 @@ async def test_sync_writes_rows_that_match_the_files(engine: AsyncEngine) -> Non
                     assert str(rows[section.name][key]) == value, (table, section.name, key)
     ident = await _rows(engine, "ps_endpoint_id_ips")
     assert {(r["endpoint"], r["match"]) for r in ident.values()} == {
-        ("bob", "192.0.2.10"), ("carol", "198.51.100.0/28"), ("carol", "203.0.113.7/32")}  # fmt: skip
+        ("bob", "192.0.2.10"),
+        ("carol", "198.51.100.0/28"),
+        ("carol", "203.0.113.7/32"),
+    }
     assert set(ident) == {"bob-identify", "carol-identify", "carol-identify-2"}
     iax = await _rows(engine, "iaxfriends")
     assert iax["alice"]["auth"] == "md5" and iax["alice"]["secret"] == snapshot.iax[0].secret
@@ -217,7 +220,7 @@ async def test_tables_made_by_asterisks_own_scripts_with_enum_types(
         await conn.execute(text("CREATE TYPE yes_no_values AS ENUM ('yes', 'no')"))
         await conn.execute(
             text(
-                'CREATE TABLE sippeers (id SERIAL PRIMARY KEY, name VARCHAR(40) NOT NULL UNIQUE, '
+                "CREATE TABLE sippeers (id SERIAL PRIMARY KEY, name VARCHAR(40) NOT NULL UNIQUE, "
                 "ipaddr VARCHAR(45), port INTEGER, host VARCHAR(40), type type_values, "
                 "context VARCHAR(40), permit VARCHAR(95), deny VARCHAR(95), secret VARCHAR(40), "
                 "dtmfmode VARCHAR(20), directmedia VARCHAR(10), nat VARCHAR(29), "

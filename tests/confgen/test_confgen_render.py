@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -93,7 +94,9 @@ def test_sip_file_parsed_back_matches_the_friends() -> None:
         assert (got["disallow"], got["allow"]) == (friend.disallow, friend.allow)
         assert got.get("nat", "") == friend.nat and got.get("dtmfmode", "") == friend.dtmfmode
         assert got.get("callerid", "") == friend.callerid
-        assert got.get("call-limit") == (None if friend.call_limit is None else str(friend.call_limit))
+        assert got.get("call-limit") == (
+            None if friend.call_limit is None else str(friend.call_limit)
+        )
         assert got.get("permit", "") == friend.permit and got.get("deny", "") == friend.deny
         assert got.get("language", "") == friend.language
         assert ("insecure" in got) is (not friend.dynamic)
@@ -158,7 +161,8 @@ def test_iax_file_parsed_back_matches_the_friends() -> None:
     ],
 )
 def test_unsafe_value_in_a_row_is_refused_by_every_renderer(field: str, value: str) -> None:
-    bad = dataclasses.replace(SIP[0], **{field: value})
+    changes: dict[str, Any] = {field: value}
+    bad = dataclasses.replace(SIP[0], **changes)
     for render in (render_sip, render_pjsip, render_iax):
         with pytest.raises(UnsafeValueError):
             render([bad])
