@@ -458,7 +458,7 @@ async def record_attempt(engine: AsyncEngine, record: CallRecord) -> bool:
     Returns False when a record with that uniqueid already exists.
     """
     try:
-        async with mapped_errors("record attempt"), engine.begin() as conn:
+        async with mapped_errors("record attempt"), write_transaction(engine) as conn:
             await conn.execute(insert(calls).values(**record.values()))
     except StoreError as exc:
         if isinstance(exc.__cause__, IntegrityError):
