@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -233,6 +234,27 @@ def _parse_time(text_value: str, column: str, zone: tzinfo) -> datetime | None:
     return stamp.astimezone(UTC)
 
 
+_RATE_FIELDS = tuple(f.name for f in dataclasses.fields(Rate))
+_SLOT = {name: slot for slot, name in enumerate(_RATE_FIELDS)}
+CACHE_LIMIT = 100_000  # distinct cell texts remembered per column
+
+
+class _Cells(dict[Any, Any]):
+    """Converted values by raw value: each distinct cell is converted once (a deck repeats)."""
+
+    __slots__ = ("_convert",)
+
+    def __init__(self, convert: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self._convert = convert
+
+    def __missing__(self, raw: Any) -> Any:
+        value = self._convert(raw)  # raises _Problem for a bad cell, which is not remembered
+        if len(self) < CACHE_LIMIT:
+            self[raw] = value
+        return value
+
+
 class _DeckParser:
     """Turns the rows of a deck into validated `Rate` values, sharing repeated values."""
 
@@ -240,8 +262,6 @@ class _DeckParser:
         self._zone = zone
         self._trunks = frozenset(known_trunks)
         self._interner = Interner()
-        self._money: dict[str, Decimal] = {}
-        self._times: dict[str, datetime | None] = {}
         positions: dict[str, int] = {}
         names: dict[str, str] = {}
         for position, raw in enumerate(header):
@@ -259,8 +279,60 @@ class _DeckParser:
             if required not in positions:
                 raise _Problem(None, f"the header has no {required!r} column")
         self.width = len(header)
-        self._columns = tuple(positions.items())
         self._names = names
+        self._prefix_at = positions["prefix"]
+        # Rate's own defaults (shared objects) for the columns the deck leaves out or blank
+        self._template: list[Any] = [f.default for f in dataclasses.fields(Rate)]
+        self._plan = tuple(
+            (_SLOT[name], position, _Cells(self._converter(name, names[name])))
+            for name, position in positions.items()
+            if name != "prefix"
+        )
+
+    def _converter(self, name: str, column: str) -> Callable[[str], Any]:
+        default = self._template[_SLOT[name]]
+        interner = self._interner
+        zone = self._zone
+        trunks = self._trunks
+
+        def money(cell: str) -> Any:
+            if not cell.strip():
+                return default
+            try:
+                return interner.money(parse_money(cell, name))
+            except InvalidRateError as exc:
+                raise _Problem(column, exc.message) from None
+
+        def seconds(cell: str) -> Any:
+            return _parse_seconds(cell, column) if cell.strip() else default
+
+        def week(cell: str) -> Any:
+            return _parse_week(cell, column)
+
+        def stamp(cell: str) -> Any:
+            value = _parse_time(cell, column, zone)
+            return None if value is None else interner.share(value)
+
+        def trunk(cell: str) -> Any:
+            found = cell.strip()
+            if found and found not in trunks:
+                raise _Problem(column, f"no trunk named {found!r}")
+            return interner.share(found) if found else None
+
+        def text_value(cell: str) -> Any:
+            return interner.share(cell.strip())
+
+        if name in _MONEY:
+            return money
+        if name in _SECONDS:
+            return seconds
+        if name in _WEEK:
+            return week
+        if name in _TIMES:
+            return stamp
+        if name == "trunk":
+            return trunk
+        return text_value  # destination
 
     def column_name(self, field: str) -> str:
         """The deck's own name of a Rate field (as written in the header)."""
@@ -269,53 +341,14 @@ class _DeckParser:
     def parse(self, row: Sequence[str]) -> Rate:
         if len(row) != self.width:
             raise _Problem(None, f"{len(row)} fields, the header has {self.width}")
-        values: dict[str, Any] = {}
-        for name, position in self._columns:
-            cell = row[position]
-            if name in _MONEY:
-                values[name] = self._parse_money(cell, name)
-            elif name in _SECONDS:
-                values[name] = _parse_seconds(cell, self.column_name(name))
-            elif name in _TIMES:
-                values[name] = self._parse_time(cell, name)
-            elif name in _WEEK:
-                values[name] = _parse_week(cell, self.column_name(name))
-            elif name == "trunk":
-                trunk = cell.strip()
-                if trunk and trunk not in self._trunks:
-                    raise _Problem(self.column_name(name), f"no trunk named {trunk!r}")
-                values[name] = self._interner.share(trunk) if trunk else None
-            elif name == "destination":
-                values[name] = self._interner.share(cell.strip())
-            else:  # prefix
-                values[name] = cell.strip()
+        values = self._template.copy()
+        for slot, position, cells in self._plan:
+            values[slot] = cells[row[position]]
+        values[0] = row[self._prefix_at].strip()
         try:
-            return Rate(**values)
+            return Rate(*values)
         except InvalidRateError as exc:
             raise _Problem(self.column_name(exc.field), exc.message) from None
-
-    def _parse_money(self, cell: str, name: str) -> Decimal:
-        found = self._money.get(cell)
-        if found is not None:
-            return found
-        if not cell.strip():
-            value = Decimal(0)
-        else:
-            try:
-                value = parse_money(cell, name)
-            except InvalidRateError as exc:
-                raise _Problem(self.column_name(name), exc.message) from None
-        shared = self._interner.money(value)
-        self._money[cell] = shared
-        return shared
-
-    def _parse_time(self, cell: str, name: str) -> datetime | None:
-        if cell in self._times:
-            return self._times[cell]
-        value = _parse_time(cell, self.column_name(name), self._zone)
-        if len(self._times) < 100_000:
-            self._times[cell] = value
-        return value
 
 
 def parse_deck(
@@ -437,29 +470,33 @@ class _Loader:
         self._conn = conn
         self._pg = conn.dialect.name == "postgresql"
         self._batch_size = batch_size or (PG_BATCH if self._pg else SQLITE_BATCH)
-        self._batch: list[tuple[Any, ...]] = []
+        self.batch: list[tuple[Any, ...]] = []
         self.count = 0
         self._driver: Any = None
         if not self._pg:
-            self._processors = _bind_processors(conn.dialect)
-            self._cache: list[dict[Any, Any]] = [{} for _ in _DB_COLUMNS]
+            processors = _bind_processors(conn.dialect)
+            # only the columns the schema converts (Money as scaled integers, UTC times)
+            self._convert = [
+                (slot, _Cells(process))
+                for slot, process in enumerate(processors)
+                if process is not None
+            ]
             columns = ", ".join(_DB_COLUMNS)
             marks = ", ".join("?" for _ in _DB_COLUMNS)
             self._sql = f"INSERT INTO rates ({columns}) VALUES ({marks})"
 
-    async def add(self, record: tuple[Any, ...]) -> None:
-        self._batch.append(record)
-        if len(self._batch) >= self._batch_size:
-            await self.flush()
+    @property
+    def full(self) -> bool:
+        return len(self.batch) >= self._batch_size
 
     async def flush(self) -> None:
-        batch, self._batch = self._batch, []
+        batch, self.batch = self.batch, []
         if not batch:
             return
         if self._pg:
             await self._copy(batch)
         else:
-            await self._conn.exec_driver_sql(self._sql, [self._bind(r) for r in batch])
+            await self._conn.exec_driver_sql(self._sql, self._bind(batch))
         self.count += len(batch)
 
     async def _copy(self, batch: list[tuple[Any, ...]]) -> None:
@@ -472,19 +509,17 @@ class _Loader:
             "rates", records=batch, columns=_DB_COLUMNS, timeout=COPY_TIMEOUT_SECONDS
         )
 
-    def _bind(self, record: tuple[Any, ...]) -> tuple[Any, ...]:
-        out: list[Any] = []
-        for value, process, cache in zip(record, self._processors, self._cache, strict=True):
-            if process is None or value is None:
-                out.append(value)
-                continue
-            try:
-                out.append(cache[value])
-            except KeyError:
-                converted = process(value)
-                cache[value] = converted
-                out.append(converted)
-        return tuple(out)
+    def _bind(self, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        convert = self._convert
+        out: list[tuple[Any, ...]] = []
+        for record in batch:
+            values = list(record)
+            for slot, cells in convert:
+                value = values[slot]
+                if value is not None:
+                    values[slot] = cells[value]
+            out.append(tuple(values))
+        return out
 
 
 def _bind_processors(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
@@ -520,8 +555,9 @@ async def import_rates(
             deleted = max(result.rowcount, 0)
         loader = _Loader(conn, batch_size)
         table_id = target.id
+        batch = loader.batch
         for _, rate in parse_deck(lines, zone=zone, known_trunks=trunk_ids, source=source):
-            await loader.add(
+            batch.append(
                 (
                     table_id,
                     rate.prefix,
@@ -543,6 +579,9 @@ async def import_rates(
                     rate.week_end,
                 )
             )
+            if loader.full:
+                await loader.flush()
+                batch = loader.batch
         await loader.flush()
         await plans.bump_table_version(conn, table_id)
         await notify_rates_changed(conn, table_id)
@@ -587,15 +626,6 @@ _READ_COLUMNS = (
     "week_start",
     "week_end",
 )
-_DECODED = (
-    "rate",
-    "connect_fee",
-    "disconnect_fee",
-    "minimal_cost",
-    "buy_rate",
-    "valid_from",
-    "valid_to",
-)
 
 
 def _result_processor(name: str, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -609,55 +639,59 @@ def _result_processor(name: str, dialect: Dialect) -> Callable[[Any], Any] | Non
 
 
 class _RowDecoder:
-    """Raw driver values -> `Rate`, with each distinct money/time value decoded once."""
+    """Raw driver rows -> `Rate` values, each distinct money/time/name value decoded once."""
 
-    def __init__(self, dialect: Dialect, interner: Interner) -> None:
-        self._interner = interner
-        self._processors: dict[str, Callable[[Any], Any] | None] = {
-            name: _result_processor(name, dialect) for name in _DECODED
-        }
-        self._caches: dict[str, dict[Any, Any]] = {name: {} for name in _DECODED}
+    def __init__(self, dialect: Dialect, interner: Interner, trunks: Mapping[int, str]) -> None:
+        money = _result_processor("rate", dialect)
+        stamp = _result_processor("valid_from", dialect)
 
-    def _value(self, name: str, raw: Any) -> Any:
-        if raw is None:
-            return None
-        cache = self._caches[name]
-        try:
-            return cache[raw]
-        except KeyError:
-            pass
-        process = self._processors[name]
-        value = process(raw) if process is not None else raw
-        if isinstance(value, Decimal):
-            value = self._interner.money(value)
-        elif isinstance(value, datetime):
-            value = self._interner.share(value)
-        cache[raw] = value
-        return value
+        def decode_money(raw: Any) -> Any:
+            if raw is None:
+                return None
+            return interner.money(money(raw) if money is not None else raw)
 
-    def rate(self, row: Sequence[Any], trunk: str | None) -> Rate:
-        value = self._value
-        share = self._interner.share
-        return Rate(
-            row[1],
-            value("rate", row[3]),
-            connect_fee=value("connect_fee", row[4]),
-            disconnect_fee=value("disconnect_fee", row[5]),
-            disconnect_after=row[6],
-            initial_block=row[7],
-            increment=row[8],
-            minimal_cost=value("minimal_cost", row[9]),
-            buy_rate=value("buy_rate", row[10]),
-            buy_initial_block=row[11],
-            buy_increment=row[12],
-            valid_from=value("valid_from", row[13]),
-            valid_to=value("valid_to", row[14]),
-            week_start=row[15],
-            week_end=row[16],
-            destination=share(row[2]),
-            trunk=None if trunk is None else share(trunk),
-            id=row[0],
-        )
+        def decode_time(raw: Any) -> Any:
+            if raw is None:
+                return None
+            return interner.share(stamp(raw) if stamp is not None else raw)
+
+        def trunk_name(trunk_id: Any) -> Any:
+            return None if trunk_id is None else interner.share(trunks[trunk_id])
+
+        self._money = _Cells(decode_money)
+        self._times = _Cells(decode_time)
+        self._names = _Cells(interner.share)
+        self._trunks = _Cells(trunk_name)
+
+    def rate(self, row: Sequence[Any]) -> Rate:
+        return self.decode((row,))[0]
+
+    def decode(self, rows: Iterable[Sequence[Any]]) -> list[Rate]:
+        """Rows of `_READ_COLUMNS` + trunk_id, as `Rate` values (positional: Rate's field order)."""
+        money, times, names, trunks = self._money, self._times, self._names, self._trunks
+        return [
+            Rate(
+                row[1],  # prefix
+                money[row[3]],  # rate
+                money[row[4]],  # connect_fee
+                money[row[5]],  # disconnect_fee
+                row[6],  # disconnect_after
+                row[7],  # initial_block
+                row[8],  # increment
+                money[row[9]],  # minimal_cost
+                money[row[10]],  # buy_rate
+                row[11],  # buy_initial_block
+                row[12],  # buy_increment
+                times[row[13]],  # valid_from
+                times[row[14]],  # valid_to
+                row[15],  # week_start
+                row[16],  # week_end
+                names[row[2]],  # destination
+                trunks[row[17]],  # trunk
+                row[0],  # id
+            )
+            for row in rows
+        ]
 
 
 async def iter_rates(
@@ -675,8 +709,8 @@ async def iter_rates(
     `interner`. `ordered` sorts by id (the import order; for export).
     """
     interner = interner or Interner()
-    decoder = _RowDecoder(conn.dialect, interner)
     trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
+    decoder = _RowDecoder(conn.dialect, interner, trunk_names)
     query = (
         select(*(_raw(name) for name in _READ_COLUMNS), rates.c.trunk_id)
         .where(rates.c.rate_table_id == table_id)
@@ -688,14 +722,10 @@ async def iter_rates(
         result = await conn.stream(query)
         try:
             async for partition in result.partitions(batch):
-                make = decoder.rate
                 try:
-                    decoded = [
-                        make(row, None if row[17] is None else trunk_names[row[17]])
-                        for row in partition
-                    ]
+                    decoded = decoder.decode(partition)
                 except InvalidRateError as exc:  # written by hand, past the import checks
-                    bad = _first_bad(partition, decoder, trunk_names)
+                    bad = _first_bad(partition, decoder)
                     raise InvalidDataError(f"rate table {table_id}, rate {bad}: {exc}") from exc
                 yield decoded
                 await asyncio.sleep(0)  # let other tasks run between batches
@@ -703,10 +733,10 @@ async def iter_rates(
             await result.close()
 
 
-def _first_bad(rows: Sequence[Any], decoder: _RowDecoder, trunk_names: Mapping[int, str]) -> object:
+def _first_bad(rows: Sequence[Any], decoder: _RowDecoder) -> object:
     for row in rows:
         try:
-            decoder.rate(row, None if row[17] is None else trunk_names[row[17]])
+            decoder.rate(row)
         except InvalidRateError:
             return f"id {row[0]} (prefix {row[1]!r})"
     return "?"  # pragma: no cover - called only after one failed
@@ -762,7 +792,7 @@ async def fetch_plan_for_number(conn: AsyncConnection, plan: str | int, number: 
     candidates = [number[:length] for length in range(1, min(len(number), 32) + 1)]
     trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
     interner = Interner()
-    decoder = _RowDecoder(conn.dialect, interner)
+    decoder = _RowDecoder(conn.dialect, interner, trunk_names)
     tables: list[PlanTable] = []
     for link in links:
         table = await plans.fetch_rate_table(conn, link.rate_table_id)
@@ -771,10 +801,7 @@ async def fetch_plan_for_number(conn: AsyncConnection, plan: str | int, number: 
             .where(rates.c.rate_table_id == table.id, rates.c.prefix.in_(candidates))
             .order_by(rates.c.id)
         )
-        found = [
-            decoder.rate(row, _trunk_name(row[17], trunk_names))
-            for row in await conn.execute(query)
-        ]
+        found = decoder.decode(await conn.execute(query))
         index = PrefixIndex(
             table.name,
             found,
