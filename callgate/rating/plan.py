@@ -95,6 +95,8 @@ def find_routes(plan: CallPlan, number: str, at: datetime) -> tuple[Route, ...]:
             )
             for rate in rates
         )
+    if len(found) == 1:
+        return (found[0][1],)
     found.sort(key=_ORDER[plan.mode])  # stable: build order breaks the last ties
     return tuple(route for _, route in found)
 

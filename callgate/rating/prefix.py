@@ -33,7 +33,7 @@ class PrefixIndex:
     number of rates; `prefix_count` the number of distinct prefixes.
     """
 
-    __slots__ = ("_max_len", "_min_len", "_rates", "_size", "default_trunk", "name", "version")
+    __slots__ = ("_max_len", "_probes", "_rates", "_size", "default_trunk", "name", "version")
 
     def __init__(
         self,
@@ -67,7 +67,11 @@ class PrefixIndex:
         self._rates = table
         self._size = size
         self._max_len = max(lengths, default=0)
-        self._min_len = min(lengths, default=1)
+        # _probes[n]: the prefix lengths to probe for a number of n digits, longest first
+        self._probes = tuple(
+            tuple(sorted((length for length in lengths if length <= digits), reverse=True))
+            for digits in range(self._max_len + 1)
+        )
 
     def __len__(self) -> int:
         return self._size
@@ -106,8 +110,11 @@ class PrefixIndex:
             raise ValueError(f"at must be timezone-aware: {at!r}")
         if not (number.isascii() and number.isdigit()):
             return ()
+        probes = self._probes
+        digits = len(number)
+        lengths = probes[digits] if digits < len(probes) else probes[-1]
         get = self._rates.get
-        for length in range(min(len(number), self._max_len), self._min_len - 1, -1):
+        for length in lengths:
             found = get(number[:length])
             if found is None:
                 continue

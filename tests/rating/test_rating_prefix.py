@@ -29,6 +29,15 @@ def test_longest_prefix_wins() -> None:
     assert index.lookup("", AT) == ()
 
 
+def test_prefix_lengths_with_gaps() -> None:
+    index = PrefixIndex("t", [rate("1"), rate("123456"), rate("1234567890")])
+    assert index.max_prefix_len == 10
+    assert index.lookup("12345", AT) == (rate("1"),)
+    assert index.lookup("123456", AT) == (rate("123456"),)
+    assert index.lookup("123456789", AT) == (rate("123456"),)
+    assert index.lookup("123456789012345", AT) == (rate("1234567890"),)
+
+
 def test_numbers_that_are_not_digits_match_nothing() -> None:
     index = PrefixIndex("t", [rate("44")])
     for number in ("+44123", "44*1", "44 12", "٤٤١"):
