@@ -283,3 +283,32 @@ async def test_calling_card_prompts_announces_and_dials(harness: Harness) -> Non
     assert emulator.variables["CALLGATE_STATUS"] == "OK"
     row = await harness.call_row("card-1")
     assert row["script"] == "card" and row["billsec"] == 10
+
+
+async def test_caller_hanging_up_during_a_card_prompt_reserves_nothing(harness: Harness) -> None:
+    spec = _spec("card-2", script="card", accountcode="", callerid="5558888")
+    emulator = _emulator(spec, digits=["1000000001"], hangup_during=["GET DATA"])
+    result = await harness.call(emulator)
+    assert result.ok and emulator.dials == []
+    assert emulator.variables["CALLGATE_STATUS"] == "ERROR"
+    assert await harness.open_reservations() == 0
+    assert (await harness.call_row("card-2"))["status"] == "ERROR"
+
+
+async def test_calling_card_locks_out_a_caller_after_repeated_failures(harness: Harness) -> None:
+    # card_lockout_failures=5, three tries per call: the second call locks the caller ID out
+    for n in range(2):
+        spec = _spec(f"card-bad-{n}", script="card", accountcode="", callerid="5556666")
+        emulator = _emulator(spec, digits=["1", "2", "3"])
+        assert (await harness.call(emulator)).ok
+        assert emulator.variables["CALLGATE_STATUS"] == "NO_ACCOUNT"
+    spec = _spec("card-locked", script="card", accountcode="", callerid="5556666")
+    locked = _emulator(spec, digits=["1000000001", "442079460000"])
+    result = await harness.call(locked)
+    assert result.ok
+    assert locked.dials == [] and locked.variables["CALLGATE_STATUS"] == "NO_ACCOUNT"
+    assert not any(command.verb == "GET DATA" for command in result.commands)
+    other = _spec("card-other", script="card", accountcode="", callerid="5551234")
+    fine = _emulator(other, digits=["1000000001", "442079460000"])
+    assert (await harness.call(fine)).ok
+    assert fine.variables["CALLGATE_STATUS"] == "OK"
