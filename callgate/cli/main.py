@@ -31,12 +31,16 @@ def configure_logging(level: str) -> None:
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {
-                "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+                "plain": {
+                    "format": "%(asctime)s %(levelname)s %(name)s [%(uniqueid)s]: %(message)s"
+                },
             },
+            "filters": {"uniqueid": {"()": "callgate.agi.session.UniqueidLogFilter"}},
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
                     "formatter": "plain",
+                    "filters": ["uniqueid"],
                     "stream": "ext://sys.stderr",
                 }
             },
