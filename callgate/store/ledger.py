@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,6 +37,7 @@ from callgate.schema.tables import (
     calls,
     reservations,
 )
+from callgate.schema.types import UtcDateTime
 from callgate.store._errors_map import mapped_errors
 from callgate.store.accounts import Account, account_from_row
 from callgate.store.db import write_transaction
@@ -390,52 +391,57 @@ async def settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
 
 
 async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
+    """Four statements under the account's lock: close the reservation, charge, record.
+
+    Closing the reservation first (``UPDATE ... WHERE status = 'open'``) is what makes a second
+    settle of the same call a no-op: it waits on the row, finds it settled, and charges nothing.
+    """
     if record.account_id is None:
         raise NotFoundError("settle needs an account; use record_attempt for unknown callers")
+    charge = record.cost
     async with mapped_errors("settle"), write_transaction(engine) as conn:
-        account = await _lock_account(conn, record.account_id)
-        existing = await conn.scalar(select(calls.c.id).where(calls.c.uniqueid == record.uniqueid))
-        if existing is not None:
-            return SettleResult(charged=ZERO, balance=account.balance, already_settled=True)
-        row = (
-            await conn.execute(
-                select(reservations).where(reservations.c.uniqueid == record.uniqueid)
-            )
-        ).first()
-        charge = record.cost
-        if row is not None and row.status == ReservationStatus.OPEN.value:
+        closed = (
             await conn.execute(
                 update(reservations)
-                .where(reservations.c.id == row.id)
+                .where(
+                    reservations.c.uniqueid == record.uniqueid,
+                    reservations.c.status == ReservationStatus.OPEN.value,
+                )
                 .values(
                     status=ReservationStatus.SETTLED.value,
                     charged=charge,
                     closed_at=record.ended_at or record.started_at,
                 )
+                .returning(reservations.c.id)
             )
-        elif row is not None:
-            log.warning(
-                "settle %s: reservation already %s; charging the call anyway",
-                record.uniqueid,
-                row.status,
-            )
+        ).first()
+        found = closed is not None
+        if not found:
+            if await conn.scalar(select(calls.c.id).where(calls.c.uniqueid == record.uniqueid)):
+                balance = await conn.scalar(
+                    select(accounts.c.balance).where(accounts.c.id == record.account_id)
+                )
+                return SettleResult(charged=ZERO, balance=balance or ZERO, already_settled=True)
+            log.warning("settle %s: no open reservation; charging the call anyway", record.uniqueid)
         values: dict[str, Any] = {
             "balance": accounts.c.balance - charge,
             "last_use_at": record.started_at,
         }
         if record.billsec > 0:
             values["call_count"] = accounts.c.call_count + 1
-        if account.first_use_at is None and record.billsec > 0:
-            values["first_use_at"] = record.started_at
-        await conn.execute(update(accounts).where(accounts.c.id == account.id).values(**values))
-        await conn.execute(insert(calls).values(**record.values()))
-        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account.id))
-        assert balance is not None
-        return SettleResult(
-            charged=charge,
-            balance=balance,
-            reservation_found=row is not None,
+            values["first_use_at"] = func.coalesce(
+                accounts.c.first_use_at, literal(record.started_at, UtcDateTime())
+            )
+        balance = await conn.scalar(
+            update(accounts)
+            .where(accounts.c.id == record.account_id)
+            .values(**values)
+            .returning(accounts.c.balance)
         )
+        if balance is None:
+            raise NotFoundError(f"no account with id {record.account_id}")
+        await conn.execute(insert(calls).values(**record.values()))
+        return SettleResult(charged=charge, balance=balance, reservation_found=found)
 
 
 async def release(engine: AsyncEngine, uniqueid: str, *, note: str = "") -> bool:

@@ -87,6 +87,8 @@ async def test_reserve_then_settle_charges_exactly_once(engine: AsyncEngine) -> 
         assert await ledger.open_reservations(conn, account.id) == 0
         assert await conn.scalar(select(func.count()).select_from(calls)) == 1
         assert await conn.scalar(select(accounts.c.call_count)) == 1
+        first_use = await conn.scalar(select(accounts.c.first_use_at))
+        assert first_use is not None and first_use.tzinfo is not None
 
 
 async def test_debit_limit_extends_the_available_credit(engine: AsyncEngine) -> None:
