@@ -24,7 +24,7 @@ then one `PrefixIndex(name, rates, default_trunk=..., version=...)` per rate tab
 
 from __future__ import annotations
 
-from callgate.rating.cost import billed_seconds, buy_cost, cost, grant, max_duration
+from callgate.rating.cost import SECONDS_LIMIT, billed_seconds, buy_cost, cost, grant, max_duration
 from callgate.rating.errors import (
     InsufficientCreditError,
     InvalidPlanError,
@@ -41,6 +41,7 @@ from callgate.rating.windows import in_validity, in_week_window, week_minute
 __all__ = [
     "MONEY_LIMIT",
     "MONEY_PLACES",
+    "SECONDS_LIMIT",
     "CallPlan",
     "InsufficientCreditError",
     "Interner",

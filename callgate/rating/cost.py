@@ -21,7 +21,11 @@ from callgate.rating.money import MONEY_QUANTUM, quantize_money
 if TYPE_CHECKING:
     from callgate.rating.model import Rate, Route
 
-__all__ = ["billed_seconds", "buy_cost", "cost", "grant", "max_duration"]
+__all__ = ["SECONDS_LIMIT", "billed_seconds", "buy_cost", "cost", "grant", "max_duration"]
+
+# Durations and blocks are below 10**9 s (31 years): with prices below MONEY_LIMIT, every
+# intermediate of a cost then fits the default 28-digit decimal context exactly.
+SECONDS_LIMIT = 10**9
 
 _ZERO = Decimal(0)
 _SIXTY = Decimal(60)
@@ -33,10 +37,10 @@ def billed_seconds(billsec: int, initial_block: int, increment: int) -> int:
 
     `increment` 0 means 1. Steps after the first block count from the end of that block.
     """
-    if billsec <= 0:
-        if billsec < 0:
-            raise ValueError(f"billsec must not be negative: {billsec}")
-        return 0
+    if billsec <= 0 or billsec >= SECONDS_LIMIT:
+        if billsec == 0:
+            return 0
+        raise ValueError(f"billsec must be in [0, {SECONDS_LIMIT}): {billsec}")
     if billsec <= initial_block:
         return initial_block
     step = increment or 1
@@ -77,10 +81,12 @@ def max_duration(rate: Rate, available: Decimal, cap: int) -> int:
     """The largest integer d in [0, cap] with ``cost(rate, d) <= available``.
 
     0 when `available` is negative or cannot pay the first block (refuse the call). Lands on the
-    end of a billing step unless `cap` (or the disconnect-fee threshold) comes first.
+    end of a billing step unless `cap` (or the disconnect-fee threshold) comes first. A `cap`
+    beyond `SECONDS_LIMIT` counts as ``SECONDS_LIMIT - 1``.
     """
     if available < 0 or cap <= 0:
         return 0
+    cap = min(cap, SECONDS_LIMIT - 1)
     # Within one fee regime cost depends on d only through the billing step; the disconnect
     # fee switches regime at disconnect_after.
     after = rate.disconnect_after

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from callgate.rating.cost import grant
+from callgate.rating.cost import SECONDS_LIMIT, grant
 from callgate.rating.errors import InvalidRateError
 from callgate.rating.money import MONEY_LIMIT
 from callgate.rating.windows import MINUTES_PER_WEEK
@@ -127,15 +127,15 @@ class Rate:
             and (disconnect_fee is _ZERO or _money_ok(disconnect_fee))
             and (minimal_cost is _ZERO or _money_ok(minimal_cost))
             and type(initial_block) is int
-            and initial_block >= 0
+            and 0 <= initial_block < SECONDS_LIMIT
             and type(increment) is int
-            and increment >= 0
+            and 0 <= increment < SECONDS_LIMIT
             and type(buy_initial_block) is int
-            and buy_initial_block >= 0
+            and 0 <= buy_initial_block < SECONDS_LIMIT
             and type(buy_increment) is int
-            and buy_increment >= 0
+            and 0 <= buy_increment < SECONDS_LIMIT
             and type(disconnect_after) is int
-            and disconnect_after >= 0
+            and 0 <= disconnect_after < SECONDS_LIMIT
             and valid_from is None
             and valid_to is None
             and week_start is None
@@ -224,11 +224,13 @@ def _check_money(name: str, value: object) -> None:
 
 
 def _check_seconds(name: str, value: object) -> None:
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value < SECONDS_LIMIT:
         return
     if type(value) is not int:  # bool is an int subclass, and is refused too
         raise InvalidRateError(name, f"must be an integer number of seconds: {value!r}")
-    raise InvalidRateError(name, f"must not be negative: {value}")
+    if value < 0:
+        raise InvalidRateError(name, f"must not be negative: {value}")
+    raise InvalidRateError(name, f"must be below {SECONDS_LIMIT}: {value}")
 
 
 class RoutingMode(StrEnum):

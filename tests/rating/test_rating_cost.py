@@ -121,6 +121,20 @@ def test_negative_seconds_are_a_programming_error() -> None:
         billed_seconds(-1, 0, 0)
     with pytest.raises(ValueError, match="billsec"):
         cost(per_min("0.1"), -5)
+    with pytest.raises(ValueError, match="billsec"):
+        cost(per_min("0.1"), 10**9)
+    assert billed_seconds(10**9 - 1, 0, 0) == 10**9 - 1
+
+
+def test_huge_values_stay_exact() -> None:
+    dear = Rate("1", D("999999999999.99999"), initial_block=10**9 - 1, minimal_cost=D(1))
+    # exactly 16666666649999999833.3333335 (999999999999.99999 * 999999999 / 60)
+    assert cost(dear, 1) == D("16666666649999999833.33333")
+    assert max_duration(dear, D("999999999999.99999"), 10**12) == 0
+    cheap = Rate("1", D("0.00001"))
+    assert max_duration(cheap, D("999999999999"), 10**12) == 10**9 - 1
+    # 89 s cost 0.0000148.., rounded 0.00001; 90 s cost 0.000015, rounded half up to 0.00002
+    assert max_duration(cheap, D("0.00001"), 10**12) == 89
 
 
 def test_unanswered_calls_are_free_whatever_the_fees() -> None:

@@ -112,6 +112,8 @@ BAD_RATES: list[tuple[dict[str, Any], str, str]] = [
     ({"increment": -6}, "increment", "negative"),
     ({"buy_initial_block": None}, "buy_initial_block", "integer"),
     ({"buy_increment": -1}, "buy_increment", "negative"),
+    ({"initial_block": 10**9}, "initial_block", "below"),
+    ({"disconnect_after": 10**12}, "disconnect_after", "below"),
     ({"valid_from": datetime(2026, 1, 1)}, "valid_from", "timezone-aware"),
     ({"valid_to": datetime(2026, 1, 1)}, "valid_to", "timezone-aware"),
     ({"valid_from": "2026-01-01"}, "valid_from", "datetime"),
