@@ -120,6 +120,31 @@ class ConfgenSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """The SMTP relay alert e-mails go through (empty host: e-mails stay pending)."""
+
+    host: str = ""
+    port: int = 25
+    username: str = ""
+    password: Secret = Secret("")
+    starttls: bool = False
+    sender: str = "callgate@localhost"
+    timeout_seconds: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class WholesaleSettings:
+    """IP authentication, recording and alerts (callgate's wholesale call control)."""
+
+    # how the flow reads a call's SIP source address, per channel technology ("" = don't)
+    source_address_pjsip: str = "${CHANNEL(pjsip,remote_addr)}"
+    source_address_sip: str = "${CHANNEL(recvip)}"
+    source_address_iax2: str = "${CHANNEL(peerip)}"
+    recordings_dir: str = "/var/spool/asterisk/monitor/callgate"  # MixMonitor files
+    alert_check_seconds: int = 60  # every account with alerts is evaluated this often
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything callgate reads from its configuration."""
 
@@ -131,6 +156,8 @@ class Settings:
     metrics: MetricsSettings = MetricsSettings()
     billing: BillingSettings = BillingSettings()
     confgen: ConfgenSettings = ConfgenSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    wholesale: WholesaleSettings = WholesaleSettings()
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         """Plain values for printing; secrets masked unless ``reveal``."""
