@@ -10,19 +10,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.rating import CallPlan
-from callgate.schema.tables import call_plans, trunks
+from callgate.schema.tables import accounts, call_plans, calls, rate_tables, trunks
 from callgate.store import accounts as account_store
-from callgate.store import ledger
+from callgate.store import clirules, ips, ledger
+from callgate.store import dids as did_store
+from callgate.store import packages as package_store
 from callgate.store._errors_map import mapped_errors
-from callgate.store.accounts import Account
+from callgate.store.accounts import Account, account_from_row
 from callgate.store.ports import CallerAccount, Grant, Refused, SettledCall, TrunkInfo
 
 log = logging.getLogger(__name__)
+UTC_ZONE = ZoneInfo("UTC")
 NO_LIMITS = ledger.Limits()
 
 
@@ -67,6 +71,11 @@ class SqlAccounts:
         async with mapped_errors("PIN lookup"), self.engine.connect() as conn:
             found = await account_store.fetch_account_by_number(conn, pin)
         return None if found is None else caller_account(found)
+
+    async def find_by_id(self, account_id: int) -> CallerAccount | None:
+        async with mapped_errors("account lookup"), self.engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return None if row is None else caller_account(account_from_row(row))
 
 
 class SqlLedger:
@@ -148,6 +157,7 @@ class RoutingData:
         self._plan_source = plan_source
         self._trunks: dict[str, TrunkInfo] = {}
         self._strip_international: dict[int, bool] = {}
+        self._recording_tables: frozenset[str] = frozenset()
 
     async def refresh(self) -> None:
         async with mapped_errors("routing data"), self.engine.connect() as conn:
@@ -157,6 +167,10 @@ class RoutingData:
                     select(call_plans.c.id, call_plans.c.remove_international_prefix)
                 )
             ).all()
+            recording = (
+                await conn.execute(select(rate_tables.c.name).where(rate_tables.c.record_calls))
+            ).all()
+        self._recording_tables = frozenset(row.name for row in recording)
         by_id = {row.id: row.name for row in trunk_rows}
         self._trunks = {
             row.name: TrunkInfo(
@@ -183,3 +197,85 @@ class RoutingData:
 
     def trunk(self, name: str) -> TrunkInfo | None:
         return self._trunks.get(name)
+
+    def records(self, table_name: str) -> bool:
+        return table_name in self._recording_tables
+
+
+class WholesaleData:
+    """The wholesale ports over the database: IpDirectory, CliPolicy, PackageLedger,
+    DidDirectory and CallExtras.
+
+    IP entries, caller ID rules and which accounts hold packages are held in memory and reloaded
+    by :meth:`refresh` (the server does it with the trunks, every 30 s): the call path runs no
+    SQL for them. Package holds, DIDs and the recording path are SQL.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        zone: ZoneInfo = UTC_ZONE,
+        grace_seconds: int = 120,
+    ) -> None:
+        self.engine = engine
+        self.zone = zone
+        self.grace_seconds = grace_seconds
+        self._ips = ips.IpTable()
+        self._cli: dict[int, tuple[clirules.CliRule, ...]] = {}
+        self._coverage: dict[int, tuple[tuple[str, ...], ...]] = {}
+
+    async def refresh(self) -> None:
+        async with mapped_errors("wholesale data"), self.engine.connect() as conn:
+            ip_table = await ips.load_ip_table(conn)
+            rules = clirules.by_account(await clirules.list_rules(conn))
+            coverage = await package_store.coverage(conn)
+        self._ips, self._cli, self._coverage = ip_table, rules, coverage
+
+    # IpDirectory
+    def match_ip(self, source: str, dialled: str) -> ips.IpEntry | None:
+        address = ips.parse_source_address(source)
+        return None if address is None else self._ips.match(address, dialled)
+
+    # CliPolicy
+    def check_cli(self, account_id: int, callerid: str) -> clirules.CliDecision:
+        return clirules.decide(self._cli.get(account_id, ()), callerid)
+
+    # PackageLedger
+    def covered(self, account_id: int, number: str) -> bool:
+        return any(
+            not prefixes or any(number.startswith(p) for p in prefixes)
+            for prefixes in self._coverage.get(account_id, ())
+        )
+
+    async def hold(
+        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+    ) -> package_store.FreeAllowance | None:
+        return await package_store.hold_free_seconds(
+            self.engine,
+            account_id=account_id,
+            uniqueid=uniqueid,
+            number=number,
+            cap=cap,
+            now=now,
+            zone=self.zone,
+            hold_seconds=cap + self.grace_seconds,
+        )
+
+    async def settle(self, uniqueid: str, used_seconds: int) -> None:
+        await package_store.settle_usage(self.engine, uniqueid, used_seconds)
+
+    async def release(self, uniqueid: str) -> None:
+        await package_store.release_usage(self.engine, uniqueid)
+
+    # DidDirectory
+    async def find_did(self, number: str) -> did_store.Did | None:
+        async with self.engine.connect() as conn:
+            return await did_store.fetch_did(conn, number)
+
+    # CallExtras
+    async def set_recording(self, uniqueid: str, path: str) -> None:
+        async with mapped_errors("recording path"), self.engine.begin() as conn:
+            await conn.execute(
+                update(calls).where(calls.c.uniqueid == uniqueid).values(recording=path)
+            )

@@ -14,7 +14,13 @@ from decimal import Decimal
 from typing import Protocol
 
 from callgate.rating import CallPlan
-from callgate.store.ledger import CallRecord, Pricer
+from callgate.store.clirules import CliDecision
+from callgate.store.dids import Did
+from callgate.store.ips import IpEntry
+from callgate.store.ledger import CallRecord, Limits, Pricer
+from callgate.store.packages import FreeAllowance
+
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,10 @@ class AccountLookup(Protocol):
         """The account whose number is ``pin`` (calling-card mode)."""
         ...
 
+    async def find_by_id(self, account_id: int) -> CallerAccount | None:
+        """The account with that id (IP authentication, DIDs)."""
+        ...
+
 
 class RoutePlans(Protocol):
     def plan(self, plan_id: int) -> CallPlan | None:
@@ -96,6 +106,10 @@ class RoutePlans(Protocol):
         """A trunk by name (in memory)."""
         ...
 
+    def records(self, table_name: str) -> bool:
+        """Whether calls rated from that rate table are recorded (in memory)."""
+        ...
+
 
 class Ledger(Protocol):
     async def reserve(
@@ -107,8 +121,10 @@ class Ledger(Protocol):
         now: datetime,
         trunk: str,
         rate_id: int | None,
+        limits: Limits = NO_LIMITS,
     ) -> Grant:
-        """Reserve under the account lock; raises Refused (NO_CREDIT, CHANNEL_LIMIT...)."""
+        """Reserve under the account lock; raises Refused (NO_CREDIT, CHANNEL_LIMIT...).
+        ``limits``: the IP authentication entry's channel and CPS limits."""
         ...
 
     async def regrant(
@@ -127,4 +143,58 @@ class Ledger(Protocol):
 
     async def record_attempt(self, record: CallRecord) -> None:
         """Write the billing record of an attempt that was never reserved."""
+        ...
+
+
+# ---------------------------------------------------------------- wholesale (issue 8)
+
+
+class IpDirectory(Protocol):
+    def match_ip(self, source: str, dialled: str) -> IpEntry | None:
+        """The ingress IP entry for a call from ``source`` (``ip``, ``ip:port``...) dialling
+        ``dialled`` (longest tech prefix wins), in memory; None when none matches."""
+        ...
+
+
+class CliPolicy(Protocol):
+    def check_cli(self, account_id: int, callerid: str) -> CliDecision:
+        """The account's caller ID rules applied to ``callerid`` (in memory)."""
+        ...
+
+
+class PackageLedger(Protocol):
+    def covered(self, account_id: int, number: str) -> bool:
+        """Whether one of the account's packages covers ``number`` (in memory, no SQL)."""
+        ...
+
+    async def hold(
+        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+    ) -> FreeAllowance | None:
+        """Hold the call's free seconds (None: nothing left)."""
+        ...
+
+    async def settle(self, uniqueid: str, used_seconds: int) -> None:
+        """Record the free seconds the call used (idempotent)."""
+        ...
+
+    async def release(self, uniqueid: str) -> None:
+        """Give the held free seconds back (the call never went out)."""
+        ...
+
+
+class DidDirectory(Protocol):
+    async def find_did(self, number: str) -> Did | None:
+        """The DID for an inbound number (digits), or None."""
+        ...
+
+
+class CallExtras(Protocol):
+    async def set_recording(self, uniqueid: str, path: str) -> None:
+        """Store the recording's file on the call's billing record."""
+        ...
+
+
+class AlertHook(Protocol):
+    def account_changed(self, account_id: int) -> None:
+        """The account's balance or calls changed: evaluate its alerts (in the background)."""
         ...
