@@ -107,6 +107,7 @@ class BillingSettings:
     dial_warning_seconds: int = 30  # L(limit:warn:repeat): warn this long before the end
     dial_warning_repeat_seconds: int = 0
     reservation_grace_seconds: int = 120
+    reaper_interval_seconds: int = 30  # how often expired reservations are reconciled
     max_call_seconds: int = 36000
 
 

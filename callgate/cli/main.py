@@ -20,6 +20,10 @@ from callgate.cli import (
     serve,
     simulate,
 )
+from callgate.cli import calls as calls_cmd
+from callgate.cli import cdr as cdr_cmd
+from callgate.cli import channels as channels_cmd
+from callgate.cli import stats as stats_cmd
 from callgate.cli._common import AppContext
 from callgate.config import SettingsError, load_settings
 
@@ -92,6 +96,10 @@ cli.add_command(simulate.simulate)
 cli.add_command(demo.demo)
 cli.add_command(confgen.confgen)
 accounts.accounts.add_command(friends.friend)
+cli.add_command(calls_cmd.calls)
+cli.add_command(cdr_cmd.cdr)
+cli.add_command(channels_cmd.channels)
+cli.add_command(stats_cmd.stats)
 
 
 def main() -> None:

@@ -13,11 +13,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callgate import metrics
 from callgate.agi.flows.call import CallFlows, flow_settings
 from callgate.agi.server import AgiServer
+from callgate.ami.client import AmiClient
+from callgate.ami.listener import AmiListener
+from callgate.ami.reaper import run_live_gauges, run_reaper
 from callgate.config import Settings
 from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger
 from callgate.store.db import create_engine
@@ -41,6 +46,9 @@ class Runtime:
     flows: CallFlows
     server: AgiServer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics_server: metrics.MetricsServer | None = None
+    ami: AmiClient | None = None
+    listener: AmiListener | None = None
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def runner() -> None:
@@ -72,8 +80,12 @@ async def _refresh_routing(routing: RoutingData) -> None:
             log.exception("refreshing trunks and plan options failed; keeping the old ones")
 
 
-async def open_runtime(settings: Settings, *, engine: AsyncEngine | None = None) -> Runtime:
-    """Build and start everything; raises :class:`StartupError` when the server cannot start."""
+async def open_runtime(
+    settings: Settings, *, engine: AsyncEngine | None = None, monitoring: bool = False
+) -> Runtime:
+    """Build and start everything; raises :class:`StartupError` when the server cannot start.
+
+    ``monitoring`` (``callgate serve``) adds :func:`start_monitoring`'s tasks."""
     engine = engine or create_engine(settings.database_url)
     cache = RateCache(engine)
     try:
@@ -117,7 +129,59 @@ async def open_runtime(settings: Settings, *, engine: AsyncEngine | None = None)
         await engine.dispose()
         raise StartupError(f"cannot listen on {agi.host}:{agi.port}: {exc}") from exc
     runtime.spawn("routing-refresh", lambda: _refresh_routing(routing))
+    if monitoring:
+        try:
+            await start_monitoring(runtime)
+        except StartupError:
+            await runtime.stop(0)
+            raise
     return runtime
+
+
+def _count_rates(cache: RateCache) -> tuple[int, int]:
+    indexes = [cache.index(table_id) for table_id in cache.versions]
+    return len(indexes), sum(len(index) for index in indexes if index is not None)
+
+
+async def _hold(close: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await close()
+
+
+async def _listen(listener: AmiListener, client: AmiClient) -> None:
+    try:
+        await listener.run()
+    finally:
+        await client.close()
+
+
+async def start_monitoring(runtime: Runtime) -> None:
+    """The metrics endpoint, the reaper, the live gauges and (``[ami] enabled``) the AMI
+    listener. Only the metrics bind can fail start-up; AMI reconnects in the background."""
+    settings, engine = runtime.settings, runtime.engine
+    metrics.track_rates(lambda: _count_rates(runtime.cache))
+    if settings.metrics.enabled:
+        http = metrics.MetricsServer(settings.metrics.host, settings.metrics.port)
+        try:
+            await http.start()
+        except OSError as exc:
+            where = f"{settings.metrics.host}:{settings.metrics.port}"
+            raise StartupError(f"cannot serve metrics on {where}: {exc}") from exc
+        runtime.metrics_server = http
+        runtime.spawn("metrics-http", lambda: _hold(http.close))
+    zone = ZoneInfo(settings.billing.timezone)
+    interval = float(settings.billing.reaper_interval_seconds)
+    runtime.spawn("reaper", lambda: run_reaper(engine, interval_seconds=interval, zone=zone))
+    runtime.spawn("live-gauges", lambda: run_live_gauges(engine))
+    if settings.ami.enabled:
+        listener = AmiListener(engine, server="asterisk")
+        client = AmiClient.from_settings(settings.ami, on_login=listener.on_login)
+        listener.attach(client)
+        client.start()
+        runtime.ami, runtime.listener = client, listener
+        runtime.spawn("ami-listener", lambda: _listen(listener, client))
 
 
 def with_agi_port(settings: Settings, host: str, port: int) -> Settings:

@@ -33,7 +33,9 @@ async def _serve(settings: Settings) -> None:
     engine = create_engine(settings.database_url)
     await require_migrated(engine)
     try:
-        runtime = await asyncio.wait_for(open_runtime(settings, engine=engine), timeout=120)
+        runtime = await asyncio.wait_for(
+            open_runtime(settings, engine=engine, monitoring=True), timeout=120
+        )
     except (StartupError, TimeoutError) as exc:
         startup_failure(str(exc) or "start-up timed out")
     remove = install_signal_handlers(

@@ -31,26 +31,36 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from callgate import metrics as call_metrics
 from callgate.agi.errors import AgiError, AgiHangup
 from callgate.agi.session import AgiSession
 from callgate.config import Settings
 from callgate.rating import (
     InsufficientCreditError,
+    Rate,
     RatingError,
     Route,
     buy_cost,
     cost,
     find_routes,
     grant,
+    max_duration,
 )
 from callgate.rating.numbers import NumberRules, normalise_number
 from callgate.schema.tables import CallStatus
 from callgate.store.errors import StoreError
-from callgate.store.ledger import CallRecord
+from callgate.store.ips import IpEntry
+from callgate.store.ledger import CallRecord, Limits
+from callgate.store.packages import FreeAllowance
 from callgate.store.ports import (
     AccountLookup,
+    AlertHook,
     CallerAccount,
+    CallExtras,
+    CliPolicy,
+    IpDirectory,
     Ledger,
+    PackageLedger,
     Refused,
     RoutePlans,
     TrunkInfo,
@@ -71,6 +81,7 @@ HANGUP_CAUSES: dict[str, int] = {
     "CPS_LIMIT": 42,  # switching equipment congestion
     "ROUTE_FAILED": 34,
     "ERROR": 41,  # temporary failure
+    "CLI_REJECTED": 21,  # call rejected: the caller ID rules deny it
 }
 FAILOVER_STATUSES = frozenset({"CHANUNAVAIL", "CONGESTION"})
 MAX_TRUNK_CHAIN = 4
@@ -101,6 +112,14 @@ class FlowSettings:
     card_digit_timeout_ms: int = 6000
     card_lockout_failures: int = 5
     card_lockout_seconds: int = 900
+    # wholesale: where MixMonitor writes recordings ("" = never record), and how to read the
+    # SIP source address of a call per channel technology (IP authentication)
+    recordings_dir: str = ""
+    source_address_exprs: tuple[tuple[str, str], ...] = (
+        ("PJSIP", "${CHANNEL(pjsip,remote_addr)}"),
+        ("SIP", "${CHANNEL(recvip)}"),
+        ("IAX2", "${CHANNEL(peerip)}"),
+    )
 
 
 @dataclass(slots=True)
@@ -134,6 +153,15 @@ class CallState:
     attempt: Attempt = field(default_factory=Attempt)
     billsec: int = 0
     note: str = ""
+    # wholesale
+    source_address: str = ""
+    ip: IpEntry | None = None  # the IP authentication entry that identified the caller
+    presented_callerid: str = ""  # the caller ID presented to the carrier ("" = as received)
+    callerid_set: bool = False
+    free: FreeAllowance | None = None  # free package seconds held for this call
+    surcharge: Rate | None = None  # a second rate billed for the same seconds (DID retail)
+    dial_destination: str = ""  # dial this instead of the route's trunk (DID destinations)
+    recording: str = ""
 
 
 def dial_string(trunk: TrunkInfo, number: str) -> str:
@@ -197,10 +225,20 @@ class CallFlows:
         ledger: Ledger,
         settings: FlowSettings = FlowSettings(),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ips: IpDirectory | None = None,
+        cli_rules: CliPolicy | None = None,
+        packages: PackageLedger | None = None,
+        extras: CallExtras | None = None,
+        alerts: AlertHook | None = None,
     ) -> None:
         self.accounts = accounts
         self.plans = plans
         self.ledger = ledger
+        self.ips = ips
+        self.cli_rules = cli_rules
+        self.packages = packages
+        self.extras = extras
+        self.alerts = alerts
         self.settings = settings
         self.clock = clock
         self.zone = ZoneInfo(settings.timezone)
@@ -215,12 +253,14 @@ class CallFlows:
         args = env.args
         state.dialled = args[1] if len(args) > 1 and args[1] else env.extension
         try:
-            account = await self.accounts.find_for_call(
-                accountcode=env.accountcode,
-                argument=args[0] if args else "",
-                callerid=env.callerid,
-            )
-        except StoreError as exc:
+            account = await self._identify_by_ip(session, state)
+            if account is None:
+                account = await self.accounts.find_for_call(
+                    accountcode=env.accountcode,
+                    argument=args[0] if args else "",
+                    callerid=env.callerid,
+                )
+        except (StoreError, AgiError) as exc:
             await self._finish(session, state, "ERROR", f"account lookup failed: {exc}")
             return
         if account is None:
@@ -288,6 +328,7 @@ class CallFlows:
             raise
 
     def _new_state(self, session: AgiSession, script: str) -> CallState:
+        call_metrics.observe_attempt()
         env = session.env
         return CallState(
             uniqueid=env.uniqueid,
@@ -306,9 +347,16 @@ class CallFlows:
         if plan is None:
             await self._finish(session, state, "NO_RATE", "the account's call plan has no rates")
             return
+        if not await self._check_cli(session, state):
+            return
         try:
             state.number = normalise_for_plan(
-                self.plans, self.settings, account.call_plan_id, state.dialled
+                self.plans,
+                self.settings,
+                account.call_plan_id,
+                state.dialled,
+                tech_prefix=state.ip.tech_prefix if state.ip else "",
+                strip_digits=state.ip.strip_digits if state.ip else 0,
             )
         except RatingError as exc:
             await self._finish(session, state, "NO_RATE", str(exc))
@@ -321,14 +369,16 @@ class CallFlows:
         cap = min(plan.max_call_seconds, self.settings.max_call_seconds)
         route = routes[0]
         state.route = route
+        await self._hold_free(state, cap)
         try:
             reserved = await self.ledger.reserve(
                 account_id=account.id,
                 uniqueid=state.uniqueid,
-                price=_pricer(route, cap),
+                price=_pricer(route, cap, _free_seconds(state)),
                 now=state.started_at,
                 trunk=route.trunk or "",
                 rate_id=route.rate.id,
+                limits=_limits(state),
             )
         except Refused as exc:
             await self._finish(session, state, exc.status, exc.reason)
@@ -368,7 +418,7 @@ class CallFlows:
                 try:
                     regranted = await self.ledger.regrant(
                         uniqueid=state.uniqueid,
-                        price=_pricer(route, cap),
+                        price=_pricer(route, cap, _free_seconds(state)),
                         now=self.clock(),
                         trunk=route.trunk or "",
                         rate_id=route.rate.id,
@@ -414,8 +464,12 @@ class CallFlows:
             + limit_option(state.granted, s.dial_warning_seconds, s.dial_warning_repeat_seconds)
             + trunk.dial_options
         )
-        args = f"{dial_string(trunk, state.number)},{s.dial_ring_seconds},{options}"
+        destination = state.dial_destination or dial_string(trunk, state.number)
+        args = f"{destination},{s.dial_ring_seconds},{options}"
+        await self._before_dial(session, state)
         await session.set_variable(ANSWER_STAMP, "")
+        if not state.dialled_out:  # callgate's own latency: the AGI header to the first Dial
+            call_metrics.observe_agi_latency((self.clock() - state.started_at).total_seconds())
         state.dialled_out = True
         deadline_ms = (s.dial_ring_seconds + state.granted + 120) * 1000
         await session.exec("Dial", args, timeout_ms=deadline_ms)
@@ -446,8 +500,8 @@ class CallFlows:
         record = self._record(state, status)
         record = replace(
             record,
-            cost=cost(route.rate, charged_seconds),
-            buy_cost=buy_cost(route.rate, charged_seconds),
+            cost=_charge(state, route, charged_seconds),
+            buy_cost=_buy_charge(state, route, charged_seconds),
         )
         try:
             settled = await self.ledger.settle(record)
@@ -460,6 +514,7 @@ class CallFlows:
             self._log_call(state, "ERROR", record.cost, f"settle failed: {exc}")
             await self._set_outcome(session, status)
             return
+        await self._after_settle(state, charged_seconds)
         self._log_call(state, status, settled.charged, note)
         await self._set_outcome(session, status)
 
@@ -506,6 +561,7 @@ class CallFlows:
         state.note = reason
         if state.reserved:
             await self._release(state, reason)
+        await self._release_free(state)
         try:
             await self.ledger.record_attempt(self._record(state, status))
         except StoreError as exc:
@@ -529,6 +585,8 @@ class CallFlows:
             log.debug("cannot set CALLGATE_STATUS=%s: %s", status, exc)
 
     def _log_call(self, state: CallState, status: str, charged: Decimal, reason: str) -> None:
+        attempt = state.attempt  # one call: one `calls` line, one metrics observation
+        call_metrics.observe_call(status, attempt.dial_status, state.billsec, attempt.ring_ms)
         account = state.account.number if state.account else "-"
         calls_log.info(
             "uniqueid=%s account=%s destination=%s billsec=%d cost=%s status=%s dialstatus=%s "
@@ -543,6 +601,108 @@ class CallFlows:
             state.attempt.hangup_cause if state.attempt.hangup_cause is not None else "-",
             f" note={reason!r}" if reason else "",
         )
+
+    # ------------------------------------------------------------------ wholesale (issue 8)
+
+    async def _identify_by_ip(self, session: AgiSession, state: CallState) -> CallerAccount | None:
+        """IP authentication, for calls without an accountcode: the SIP source address Asterisk
+        reports for the channel, matched against the ingress IP entries (longest tech prefix)."""
+        env = session.env
+        if env.accountcode or self.ips is None:
+            return None
+        tech = env.type or env.channel.split("/", 1)[0]
+        expr = dict(self.settings.source_address_exprs).get(tech, "")
+        if not expr:
+            return None
+        state.source_address = (await session.get_full_variable(expr) or "").strip()
+        entry = self.ips.match_ip(state.source_address, state.dialled)
+        if entry is None:
+            return None
+        account = await self.accounts.find_by_id(entry.account_id)
+        if account is not None:
+            state.ip = entry
+            log.debug("%s: %s identified by IP entry %s", state.uniqueid, account.number, entry.id)
+        return account
+
+    async def _check_cli(self, session: AgiSession, state: CallState) -> bool:
+        """The account's caller ID rules; sets the caller ID to present. False: refused."""
+        assert state.account is not None
+        presented = state.callerid
+        if self.cli_rules is not None:
+            decision = self.cli_rules.check_cli(state.account.id, state.callerid)
+            if not decision.allowed:
+                reason = f"caller ID {state.callerid!r} denied by rule {decision.rule_id}"
+                await self._finish(session, state, "CLI_REJECTED", reason)
+                return False
+            presented = decision.presented
+        if state.ip is not None and state.ip.cli_prefix and presented:
+            presented = state.ip.cli_prefix + presented
+        state.presented_callerid = presented if presented != state.callerid else ""
+        return True
+
+    async def _hold_free(self, state: CallState, cap: int) -> None:
+        """Hold the free package seconds of a covered call (billing goes on without them if the
+        hold fails: the reservation that follows fails closed on a broken database anyway)."""
+        account = state.account
+        if self.packages is None or account is None:
+            return
+        if not self.packages.covered(account.id, state.number):
+            return
+        try:
+            state.free = await self.packages.hold(
+                account_id=account.id,
+                uniqueid=state.uniqueid,
+                number=state.number,
+                cap=cap,
+                now=state.started_at,
+            )
+        except StoreError as exc:
+            log.error("%s: package hold failed, no free seconds: %s", state.uniqueid, exc)
+
+    async def _release_free(self, state: CallState) -> None:
+        if self.packages is None or state.free is None:
+            return
+        try:
+            await self.packages.release(state.uniqueid)
+            state.free = None
+        except StoreError as exc:
+            log.error("%s: cannot release the package hold: %s", state.uniqueid, exc)
+
+    async def _before_dial(self, session: AgiSession, state: CallState) -> None:
+        """Present the rewritten caller ID and start the recording, once, before Dial."""
+        if state.presented_callerid and not state.callerid_set:
+            await session.set_variable("CALLERID(num)", state.presented_callerid)
+            state.callerid_set = True
+        route = state.route
+        folder = self.settings.recordings_dir
+        if state.recording or not folder or route is None or not self.plans.records(route.table):
+            return
+        path = recording_path(folder, state.uniqueid)
+        # b: only the bridged audio (no ringing, no prompts); the file is named after the call
+        result = await session.exec("MixMonitor", f"{path},b")
+        if result == 0:
+            state.recording = path
+        else:
+            log.error(
+                "%s: MixMonitor failed (result %s): the call is not recorded",
+                state.uniqueid,
+                result,
+            )
+
+    async def _after_settle(self, state: CallState, charged_seconds: int) -> None:
+        """Free seconds used, the recording's path, the account's alerts (never raises)."""
+        if self.packages is not None and state.free is not None:
+            try:
+                await self.packages.settle(state.uniqueid, min(charged_seconds, state.free.seconds))
+            except StoreError as exc:
+                log.error("%s: cannot record the package use: %s", state.uniqueid, exc)
+        if self.extras is not None and state.recording:
+            try:
+                await self.extras.set_recording(state.uniqueid, state.recording)
+            except StoreError as exc:
+                log.error("%s: cannot store the recording path: %s", state.uniqueid, exc)
+        if self.alerts is not None and state.account is not None:
+            self.alerts.account_changed(state.account.id)
 
     # ------------------------------------------------------------------ calling card lockout
 
@@ -560,14 +720,64 @@ class CallFlows:
         return True
 
 
-def _pricer(route: Route, cap: int) -> Callable[[Decimal], tuple[int, Decimal]]:
+def _pricer(
+    route: Route, cap: int, free_seconds: int = 0
+) -> Callable[[Decimal], tuple[int, Decimal]]:
     def price(available: Decimal) -> tuple[int, Decimal]:
+        if free_seconds > 0:
+            return free_grant(route.rate, available, cap, free_seconds)
         seconds, amount = grant(route, available, cap)
         if seconds <= 0:
             raise InsufficientCreditError(route.rate.prefix, available, cost(route.rate, 1))
         return seconds, amount
 
     return price
+
+
+def free_grant(rate: Rate, available: Decimal, cap: int, free_seconds: int) -> tuple[int, Decimal]:
+    """Grant with free package seconds: the free seconds first, then what ``available`` pays
+    at ``rate`` for the seconds beyond them; the reservation is the cost of those alone."""
+    free = min(free_seconds, cap)
+    paid = max_duration(rate, available, cap - free) if cap > free else 0
+    return free + paid, cost(rate, paid)
+
+
+def _free_seconds(state: CallState) -> int:
+    return state.free.seconds if state.free is not None else 0
+
+
+def _limits(state: CallState) -> Limits:
+    """The IP authentication entry's limits, counted by its key in the reservations."""
+    entry = state.ip
+    if entry is None:
+        return Limits()
+    return Limits(
+        source_address=entry.limit_key,
+        address_channel_limit=entry.channel_limit,
+        address_cps_limit=entry.cps_limit,
+    )
+
+
+def _charge(state: CallState, route: Route, seconds: int) -> Decimal:
+    """What the customer pays: the seconds beyond the free ones, plus any surcharge (DID)."""
+    free = min(seconds, _free_seconds(state))
+    amount = cost(route.rate, seconds - free)
+    if state.surcharge is not None:
+        amount += cost(state.surcharge, seconds)
+    return amount
+
+
+def _buy_charge(state: CallState, route: Route, seconds: int) -> Decimal:
+    amount = buy_cost(route.rate, seconds)
+    if state.surcharge is not None:
+        amount += buy_cost(state.surcharge, seconds)
+    return amount
+
+
+def recording_path(folder: str, uniqueid: str) -> str:
+    """``<folder>/<uniqueid>.wav`` (the uniqueid's unsafe characters replaced)."""
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in uniqueid)
+    return f"{folder.rstrip('/')}/{safe}.wav"
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,12 +797,21 @@ class RouteChoice:
 
 
 def normalise_for_plan(
-    plans: RoutePlans, settings: FlowSettings, plan_id: int, dialled: str
+    plans: RoutePlans,
+    settings: FlowSettings,
+    plan_id: int,
+    dialled: str,
+    *,
+    tech_prefix: str = "",
+    strip_digits: int = 0,
 ) -> str:
-    """The number the flow rates for ``dialled`` under the plan's rules (RatingError if none)."""
+    """The number the flow rates for ``dialled`` under the plan's rules (RatingError if none);
+    ``tech_prefix``/``strip_digits`` come from the IP authentication entry of the caller."""
     rules = NumberRules(
         international_prefixes=settings.international_prefixes,
         remove_international_prefix=plans.remove_international_prefix(plan_id),
+        tech_prefix=tech_prefix,
+        strip_digits=strip_digits,
     )
     return normalise_number(dialled, rules)
 
