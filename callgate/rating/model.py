@@ -208,7 +208,7 @@ _SETTERS: tuple[Callable[[Rate, Any], None], ...] = tuple(
 
 
 def _check_money(name: str, value: object) -> None:
-    if type(value) is Decimal and value.is_finite() and _ZERO <= value < MONEY_LIMIT:
+    if isinstance(value, Decimal) and value.is_finite() and _ZERO <= value < MONEY_LIMIT:
         return
     if isinstance(value, float):
         raise InvalidRateError(

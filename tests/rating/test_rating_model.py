@@ -88,6 +88,11 @@ def test_a_fully_specified_rate_is_accepted() -> None:
     assert Rate("1", Decimal(0), week_start=0, week_end=0).week_end == 0
     assert not Rate("1", Decimal(0), valid_to=FEB).always_valid
 
+    class Money(Decimal):
+        pass
+
+    assert Rate("1", Money("0.1")).rate == Decimal("0.1")  # the slow path accepts subclasses
+
 
 BAD_RATES: list[tuple[dict[str, Any], str, str]] = [
     ({"prefix": ""}, "prefix", "digits"),
