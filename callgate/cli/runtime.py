@@ -19,12 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate import metrics
 from callgate.agi.flows.call import CallFlows, flow_settings
+from callgate.agi.flows.did import DidFlow
 from callgate.agi.server import AgiServer
+from callgate.alerts import AlertService, SmtpSender
 from callgate.ami.client import AmiClient
 from callgate.ami.listener import AmiListener
 from callgate.ami.reaper import run_live_gauges, run_reaper
 from callgate.config import Settings
-from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger
+from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger, WholesaleData
 from callgate.store.db import create_engine
 from callgate.store.ratecache import RateCache
 
@@ -94,8 +96,15 @@ async def open_runtime(
         await engine.dispose()
         raise StartupError(f"cannot load the rates: {exc}") from exc
     routing = RoutingData(engine, cache.plan)
+    zone = ZoneInfo(settings.billing.timezone)
+    wholesale = WholesaleData(
+        engine, zone=zone, grace_seconds=settings.billing.reservation_grace_seconds
+    )
+    alerts = AlertService(engine, SmtpSender(settings.smtp), zone=zone)
     try:
         await routing.refresh()
+        await wholesale.refresh()
+        await alerts.refresh()
     except Exception as exc:
         await cache.close()
         await engine.dispose()
@@ -110,10 +119,15 @@ async def open_runtime(
             server=policy.server,
         ),
         settings=policy,
+        ips=wholesale,
+        cli_rules=wholesale,
+        packages=wholesale,
+        extras=wholesale,
+        alerts=alerts,
     )
     agi = settings.agi
     server = AgiServer(
-        {"call": flows.call, "card": flows.card},
+        {"call": flows.call, "card": flows.card, "did": DidFlow(flows, wholesale).did},
         host=agi.host,
         port=agi.port,
         allow=agi.allow,
@@ -129,6 +143,7 @@ async def open_runtime(
         await engine.dispose()
         raise StartupError(f"cannot listen on {agi.host}:{agi.port}: {exc}") from exc
     runtime.spawn("routing-refresh", lambda: _refresh_routing(routing))
+    runtime.spawn("wholesale", lambda: _run_wholesale(wholesale, alerts, settings))
     if monitoring:
         try:
             await start_monitoring(runtime)
@@ -182,6 +197,28 @@ async def start_monitoring(runtime: Runtime) -> None:
         client.start()
         runtime.ami, runtime.listener = client, listener
         runtime.spawn("ami-listener", lambda: _listen(listener, client))
+
+
+async def _run_wholesale(
+    wholesale: WholesaleData, alerts: AlertService, settings: Settings
+) -> None:
+    """Reload IP entries, caller ID rules and package coverage with the trunks; evaluate every
+    account with alerts periodically (payments and other servers' calls); drain on stop."""
+    every = max(1, settings.wholesale.alert_check_seconds)
+    waited = 0
+    try:
+        while True:
+            await asyncio.sleep(ROUTING_REFRESH_SECONDS)
+            waited += ROUTING_REFRESH_SECONDS
+            try:
+                await wholesale.refresh()
+                if waited >= every:
+                    waited = 0
+                    await alerts.check_all()
+            except Exception:
+                log.exception("wholesale refresh or alert check failed; keeping the old data")
+    finally:
+        await alerts.aclose()
 
 
 def with_agi_port(settings: Settings, host: str, port: int) -> Settings:

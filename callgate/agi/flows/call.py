@@ -875,4 +875,10 @@ def flow_settings(settings: Settings) -> FlowSettings:
         max_call_seconds=billing.max_call_seconds,
         timezone=billing.timezone,
         server=settings.server_name or socket.gethostname(),
+        recordings_dir=settings.wholesale.recordings_dir,
+        source_address_exprs=(
+            ("PJSIP", settings.wholesale.source_address_pjsip),
+            ("SIP", settings.wholesale.source_address_sip),
+            ("IAX2", settings.wholesale.source_address_iax2),
+        ),
     )
