@@ -108,7 +108,7 @@ def test_a_rate_without_trunk_in_a_table_without_default_has_no_trunk() -> None:
     assert find_routes(plan(RoutingMode.LCR, bare), "1555", AT)[0].trunk is None
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(st.sampled_from(["4", "44", "442"]), st.integers(1, 9), st.integers(0, 99)),
@@ -182,7 +182,7 @@ def test_quote_needs_a_cap() -> None:
         quote(plan(RoutingMode.LCR), "4420", D(1), 0, AT)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.decimals("-1", "50", places=5), st.integers(1, 36000))
 def test_quote_never_overspends(available: Decimal, cap: int) -> None:
     call_plan = plan(RoutingMode.LCD, max_call=7200)

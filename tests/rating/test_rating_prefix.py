@@ -127,7 +127,7 @@ def test_rate_applies_combines_dates_and_window() -> None:
 digits = st.text("0123456789", min_size=1, max_size=8)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.sets(digits, min_size=1, max_size=40), digits)
 def test_longest_matching_prefix_wins_always(prefixes: set[str], suffix: str) -> None:
     index = PrefixIndex("t", [rate(prefix) for prefix in sorted(prefixes)])
@@ -140,7 +140,7 @@ def test_longest_matching_prefix_wins_always(prefixes: set[str], suffix: str) ->
             assert found == ()
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(
         st.tuples(
