@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate import metrics
@@ -279,6 +280,8 @@ class AmiListener:
                 await self._apply(batch)
                 if self._retry_at is None or loop.time() >= self._retry_at:
                     await self._flush()
+            except Exception:  # a bug must not stop the listener: log it, keep consuming
+                log.exception("AMI %s: listener batch failed", self.server)
             finally:
                 if sub.qsize() == 0:
                     self._idle.set()
@@ -469,7 +472,7 @@ class AmiListener:
                 else:
                     await write_channels(conn, dirty, deleted)
                 stored = await store_cdrs(conn, cdrs)
-        except StoreError as exc:
+        except (StoreError, SQLAlchemyError, OSError) as exc:  # connect errors are raw
             self._write_failures += 1
             self._retry_at = asyncio.get_running_loop().time() + self.retry_seconds
             log.warning(
