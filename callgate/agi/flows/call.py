@@ -87,6 +87,18 @@ FAILOVER_STATUSES = frozenset({"CHANUNAVAIL", "CONGESTION"})
 MAX_TRUNK_CHAIN = 4
 NOW_MS_EXPR = "${STRFTIME(,,%s%3q)}"
 ANSWER_STAMP = "SHARED(CALLGATE_ANSWER_MS)"
+# what the flow reads after Dial: end stamp, answer stamp, DIALSTATUS, ANSWEREDTIME_MS,
+# HANGUPCAUSE, RINGTIME_MS (the post-dial delay)
+OUTCOME_EXPR = "|".join(
+    (
+        NOW_MS_EXPR,
+        "${" + ANSWER_STAMP + "}",
+        "${DIALSTATUS}",
+        "${ANSWEREDTIME_MS}",
+        "${HANGUPCAUSE}",
+        "${RINGTIME_MS}",
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,20 @@ def limit_option(granted_seconds: int, warning_seconds: int, repeat_seconds: int
         if repeat_seconds > 0:
             parts.append(str(repeat_seconds * 1000))
     return f"L({':'.join(parts)})"
+
+
+def parse_outcome(expanded: str | None) -> Attempt:
+    """The fields of :data:`OUTCOME_EXPR` as Asterisk expanded them."""
+    fields = (expanded or "").split("|")
+    fields += [""] * (6 - len(fields))
+    return Attempt(
+        ended_ms=_int(fields[0]),
+        answered_ms=_int(fields[1]),
+        dial_status=fields[2].strip(),
+        answeredtime_ms=_int(fields[3]),
+        hangup_cause=_int(fields[4]),
+        ring_ms=_int(fields[5]),
+    )
 
 
 def talk_seconds(attempt: Attempt) -> tuple[int, str]:
@@ -473,14 +499,9 @@ class CallFlows:
         state.dialled_out = True
         deadline_ms = (s.dial_ring_seconds + state.granted + 120) * 1000
         await session.exec("Dial", args, timeout_ms=deadline_ms)
-        # the end of the call first, then the rest (these work after a hangup)
-        attempt = Attempt(ended_ms=_int(await session.get_full_variable(NOW_MS_EXPR)))
-        attempt.answered_ms = _int(await session.get_variable(ANSWER_STAMP))
-        attempt.dial_status = (await session.get_variable("DIALSTATUS") or "").strip()
-        attempt.answeredtime_ms = _int(await session.get_variable("ANSWEREDTIME_MS"))
-        attempt.hangup_cause = _int(await session.get_variable("HANGUPCAUSE"))
-        attempt.ring_ms = _int(await session.get_variable("RINGTIME_MS"))
-        return attempt
+        # one round trip (GET FULL VARIABLE works after a hangup); Asterisk expands left to
+        # right, so the end of the call is stamped first
+        return parse_outcome(await session.get_full_variable(OUTCOME_EXPR))
 
     async def _settle(self, session: AgiSession, state: CallState) -> None:
         attempt = state.attempt
