@@ -28,18 +28,21 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import gc
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, type_coerce
+import asyncpg
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import NullType, TypeDecorator
+from sqlalchemy.types import TypeDecorator
 
 from callgate.rating import (
     CallPlan,
@@ -53,9 +56,10 @@ from callgate.rating import (
     parse_money,
 )
 from callgate.schema.tables import call_plan_rate_tables, call_plans, rate_tables, rates
+from callgate.schema.types import MONEY_PLACES as STORED_MONEY_PLACES
 from callgate.store import plans
 from callgate.store._errors_map import mapped_errors
-from callgate.store.errors import InvalidDataError
+from callgate.store.errors import InvalidDataError, StoreError
 
 __all__ = [
     "COLUMN_ALIASES",
@@ -85,6 +89,7 @@ COPY_TIMEOUT_SECONDS = 300.0  # one COPY batch (network await deadline)
 PG_BATCH = 50_000
 SQLITE_BATCH = 20_000
 STREAM_BATCH = 10_000
+READ_TIMEOUT_SECONDS = 60.0  # one cursor fetch (network await deadline)
 
 CSV_COLUMNS = (
     "prefix",
@@ -602,11 +607,6 @@ async def import_rates(
 # --- reading rates back --------------------------------------------------------------------------
 
 
-def _raw(name: str) -> ColumnElement[Any]:
-    """A rates column without result processing: decoded once per distinct value instead."""
-    return type_coerce(rates.c[name], NullType()).label(name)
-
-
 _READ_COLUMNS = (
     "id",
     "prefix",
@@ -625,14 +625,86 @@ _READ_COLUMNS = (
     "valid_to",
     "week_start",
     "week_end",
+    "trunk_id",
 )
+_MONEY_SCALE = 10**STORED_MONEY_PLACES
+
+
+def _rates_sql(postgresql: bool, *, ordered: bool, prefixes: int | None) -> str:
+    """The one query that reads rates out, on the driver's own connection (no ORM rows).
+
+    Money comes out as an integer count of 10^-5 units on both backends (SQLite stores it so;
+    on PostgreSQL the cast is exact for NUMERIC(20,5)), which the driver hands over far faster
+    than a Decimal and which is decoded once per distinct value.
+    """
+    columns = ", ".join(
+        f"CAST({name} * {_MONEY_SCALE} AS BIGINT)" if postgresql and name in _MONEY else name
+        for name in _READ_COLUMNS
+    )
+    where = "rate_table_id = $1" if postgresql else "rate_table_id = ?"
+    if prefixes is not None:
+        where += (
+            " AND prefix = ANY($2::text[])"
+            if postgresql
+            else f" AND prefix IN ({', '.join('?' * prefixes)})"
+        )
+    order = " ORDER BY id" if ordered else ""
+    return f"SELECT {columns} FROM rates WHERE {where}{order}"
+
+
+@asynccontextmanager
+async def _driver_errors(what: str) -> AsyncIterator[None]:
+    """Errors of the raw drivers (COPY, cursors) as store errors, as `mapped_errors` does."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error) as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+async def _raw_batches(
+    conn: AsyncConnection,
+    table_id: int,
+    *,
+    batch: int,
+    ordered: bool = False,
+    prefixes: Sequence[str] | None = None,
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """Rows of `_READ_COLUMNS`, `batch` at a time, through a cursor of the caller's transaction.
+
+    The caller has run a statement on `conn` already, so the driver-level transaction is open
+    (an asyncpg cursor needs one; on SQLite the read then sees one snapshot).
+    """
+    postgresql = conn.dialect.name == "postgresql"
+    sql = _rates_sql(
+        postgresql, ordered=ordered, prefixes=None if prefixes is None else len(prefixes)
+    )
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if postgresql:
+        args: tuple[Any, ...] = (table_id,) if prefixes is None else (table_id, list(prefixes))
+        cursor = await driver.cursor(sql, *args, timeout=READ_TIMEOUT_SECONDS)
+        while True:
+            chunk = await cursor.fetch(batch, timeout=READ_TIMEOUT_SECONDS)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        cursor = await driver.execute(sql, (table_id, *(prefixes or ())))
+        try:
+            while True:
+                chunk = await cursor.fetchmany(batch)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await cursor.close()
 
 
 def _result_processor(name: str, dialect: Dialect) -> Callable[[Any], Any] | None:
-    """The schema's own decoding of a raw value of column `name` (Money, UtcDateTime)."""
+    """The schema's own decoding of a raw value of column `name` (UtcDateTime)."""
     kind = rates.c[name].type
     if dialect.name == "postgresql" and isinstance(kind, TypeDecorator):
-        # asyncpg hands back Decimal and aware datetimes itself: only our layer is left
+        # asyncpg hands back aware datetimes itself: only our layer is left
         decorator: TypeDecorator[Any] = kind
         return lambda raw: decorator.process_result_value(raw, dialect)
     return kind.dialect_impl(dialect).result_processor(dialect, None)
@@ -642,13 +714,13 @@ class _RowDecoder:
     """Raw driver rows -> `Rate` values, each distinct money/time/name value decoded once."""
 
     def __init__(self, dialect: Dialect, interner: Interner, trunks: Mapping[int, str]) -> None:
-        money = _result_processor("rate", dialect)
         stamp = _result_processor("valid_from", dialect)
 
         def decode_money(raw: Any) -> Any:
+            # an integer count of 10^-5 units: exactly what `Money` gives back (5 places)
             if raw is None:
                 return None
-            return interner.money(money(raw) if money is not None else raw)
+            return interner.money(Decimal(raw).scaleb(-STORED_MONEY_PLACES))
 
         def decode_time(raw: Any) -> Any:
             if raw is None:
@@ -667,7 +739,7 @@ class _RowDecoder:
         return self.decode((row,))[0]
 
     def decode(self, rows: Iterable[Sequence[Any]]) -> list[Rate]:
-        """Rows of `_READ_COLUMNS` + trunk_id, as `Rate` values (positional: Rate's field order)."""
+        """Rows of `_READ_COLUMNS` as `Rate` values (built positionally, in Rate's field order)."""
         money, times, names, trunks = self._money, self._times, self._names, self._trunks
         return [
             Rate(
@@ -693,6 +765,19 @@ class _RowDecoder:
             for row in rows
         ]
 
+    def checked(self, rows: Sequence[Sequence[Any]], table_id: int) -> list[Rate]:
+        """`decode`, with a rate the import would have refused reported as a store error."""
+        try:
+            return self.decode(rows)
+        except InvalidRateError as exc:  # written by hand, past the import checks
+            for row in rows:
+                try:
+                    self.rate(row)
+                except InvalidRateError:
+                    bad = f"id {row[0]} (prefix {row[1]!r})"
+                    raise InvalidDataError(f"rate table {table_id}, rate {bad}: {exc}") from exc
+            raise  # pragma: no cover - one row failed above
+
 
 async def iter_rates(
     conn: AsyncConnection,
@@ -704,42 +789,27 @@ async def iter_rates(
 ) -> AsyncIterator[list[Rate]]:
     """The rates of a rate table as `Rate` values, streamed in lists of up to `batch`.
 
-    Rows come through a server-side cursor and are decoded batch by batch, so a million rates
-    never sit in memory twice (as rows and as rates). Repeated values are shared through
-    `interner`. `ordered` sorts by id (the import order; for export).
+    Rows come through a cursor of the caller's transaction and are decoded batch by batch, so
+    a million rates never sit in memory twice (as rows and as rates). Repeated values are shared
+    through `interner`. `ordered` sorts by id (the import order; for export). Between batches
+    the event loop runs other tasks; the cyclic garbage collector is paused while a batch is
+    decoded (rates hold no cycles), which saves a third of the time of a large load.
     """
     interner = interner or Interner()
-    trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
-    decoder = _RowDecoder(conn.dialect, interner, trunk_names)
-    query = (
-        select(*(_raw(name) for name in _READ_COLUMNS), rates.c.trunk_id)
-        .where(rates.c.rate_table_id == table_id)
-        .execution_options(yield_per=batch)
-    )
-    if ordered:
-        query = query.order_by(rates.c.id)
     async with mapped_errors(f"rates of table {table_id}"):
-        result = await conn.stream(query)
-        try:
-            async for partition in result.partitions(batch):
-                try:
-                    decoded = decoder.decode(partition)
-                except InvalidRateError as exc:  # written by hand, past the import checks
-                    bad = _first_bad(partition, decoder)
-                    raise InvalidDataError(f"rate table {table_id}, rate {bad}: {exc}") from exc
-                yield decoded
-                await asyncio.sleep(0)  # let other tasks run between batches
-        finally:
-            await result.close()
-
-
-def _first_bad(rows: Sequence[Any], decoder: _RowDecoder) -> object:
-    for row in rows:
-        try:
-            decoder.rate(row)
-        except InvalidRateError:
-            return f"id {row[0]} (prefix {row[1]!r})"
-    return "?"  # pragma: no cover - called only after one failed
+        trunk_names = {t.id: t.name for t in await plans.list_trunks(conn)}
+    decoder = _RowDecoder(conn.dialect, interner, trunk_names)
+    async with mapped_errors(f"rates of table {table_id}"), _driver_errors(f"rates of {table_id}"):
+        async for rows in _raw_batches(conn, table_id, batch=batch, ordered=ordered):
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                decoded = decoder.checked(rows, table_id)
+            finally:
+                if collecting:
+                    gc.enable()
+            yield decoded
+            await asyncio.sleep(0)  # let other tasks run between batches
 
 
 async def rate_counts(conn: AsyncConnection) -> dict[int, int]:
@@ -796,12 +866,12 @@ async def fetch_plan_for_number(conn: AsyncConnection, plan: str | int, number: 
     tables: list[PlanTable] = []
     for link in links:
         table = await plans.fetch_rate_table(conn, link.rate_table_id)
-        query = (
-            select(*(_raw(name) for name in _READ_COLUMNS), rates.c.trunk_id)
-            .where(rates.c.rate_table_id == table.id, rates.c.prefix.in_(candidates))
-            .order_by(rates.c.id)
-        )
-        found = decoder.decode(await conn.execute(query))
+        found: list[Rate] = []
+        async with _driver_errors(f"rates of {table.name}"):
+            async for rows in _raw_batches(
+                conn, table.id, batch=STREAM_BATCH, ordered=True, prefixes=candidates
+            ):
+                found.extend(decoder.checked(rows, table.id))
         index = PrefixIndex(
             table.name,
             found,
