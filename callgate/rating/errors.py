@@ -9,8 +9,9 @@ The tree::
     ├── InvalidPlanError(field, message)
     │                               a call plan (or one of its rate tables) is invalid
     ├── NoRateError(number)         no rate of the call plan applies to the number at that time
-    └── InsufficientCreditError(number, available, required)
-                                    the credit cannot pay the first block of the first route
+    ├── InsufficientCreditError(number, available, required)
+    │                               the credit cannot pay the first block of the first route
+    └── InvalidNumberError          a dialled number holds nothing that can be rated
 
 Programming errors (a negative number of seconds, a naive datetime) raise `ValueError`.
 """
@@ -21,6 +22,7 @@ from decimal import Decimal
 
 __all__ = [
     "InsufficientCreditError",
+    "InvalidNumberError",
     "InvalidPlanError",
     "InvalidRateError",
     "NoRateError",
@@ -68,3 +70,7 @@ class InsufficientCreditError(RatingError):
         self.number = number
         self.available = available
         self.required = required
+
+
+class InvalidNumberError(RatingError):
+    """The dialled number holds nothing that can be rated."""

@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from callgate.rating.errors import RatingError
+from callgate.rating.errors import InvalidNumberError
 
-
-class InvalidNumberError(RatingError):
-    """The dialled number holds nothing that can be rated."""
+__all__ = ["InvalidNumberError", "NumberRules", "normalise_number"]
 
 
 @dataclass(frozen=True, slots=True)
