@@ -256,7 +256,6 @@ async def test_ip_authentication_identifies_the_account_by_cidr(world: World) ->
         line.startswith("GET FULL VARIABLE") and "${CHANNEL(pjsip,remote_addr)}" in line
         for line in _verbs(result)
     )
-    )
     assert emulator.variables["CALLGATE_ACCOUNT"] == "1000000001"
     assert emulator.dials[0].destination == "PJSIP/442079460000@gw-a"
     row = await world.row("ip-1")
