@@ -280,3 +280,14 @@ async def test_notify_is_sent_with_the_import_on_postgresql(engine: AsyncEngine)
         assert payload == str(result.table_id)
         assert received.empty()  # the failed import's notice was never delivered
         await driver.remove_listener(store_rates.NOTIFY_CHANNEL, on_notice)
+
+
+async def test_awkward_text_survives_the_load(engine: AsyncEngine) -> None:
+    await _setup(engine)
+    deck = 'prefix,destination,rate\n82,"Korea, South ""mobile""",0.1\n83,,0.2\n84,Zürich,0.3\n'
+    await _import(engine, deck)
+    assert [(r.prefix, r.destination) for r in await _rates_of(engine, "std")] == [
+        ("82", 'Korea, South "mobile"'),
+        ("83", ""),
+        ("84", "Zürich"),
+    ]
