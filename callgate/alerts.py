@@ -149,7 +149,10 @@ class AlertService:
         return fired
 
     async def flush(self) -> int:
-        """Send the pending e-mails of the outbox; the number sent. Phone ones stay pending."""
+        """Send the pending e-mails of the outbox; the number sent. Phone ones stay pending,
+        and so do e-mails while no SMTP relay is configured."""
+        if isinstance(self.send, SmtpSender) and not self.send.configured:
+            return 0
         async with mapped_errors("alerts"), self.engine.connect() as conn:
             pending = await alert_store.pending_emails(conn)
         sent = 0

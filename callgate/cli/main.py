@@ -20,9 +20,14 @@ from callgate.cli import (
     serve,
     simulate,
 )
+from callgate.cli import alerts as alerts_cmd
 from callgate.cli import calls as calls_cmd
 from callgate.cli import cdr as cdr_cmd
 from callgate.cli import channels as channels_cmd
+from callgate.cli import dids as dids_cmd
+from callgate.cli import ips as ips_cmd
+from callgate.cli import packages as packages_cmd
+from callgate.cli import recordings as recordings_cmd
 from callgate.cli import stats as stats_cmd
 from callgate.cli._common import AppContext
 from callgate.config import SettingsError, load_settings
@@ -100,6 +105,12 @@ cli.add_command(calls_cmd.calls)
 cli.add_command(cdr_cmd.cdr)
 cli.add_command(channels_cmd.channels)
 cli.add_command(stats_cmd.stats)
+accounts.accounts.add_command(ips_cmd.ip)
+accounts.accounts.add_command(ips_cmd.cli_rule)
+cli.add_command(dids_cmd.dids)
+cli.add_command(packages_cmd.packages)
+cli.add_command(alerts_cmd.alerts)
+cli.add_command(recordings_cmd.recordings)
 
 
 def main() -> None:
