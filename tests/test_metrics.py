@@ -1,0 +1,191 @@
+"""Metrics scraped over HTTP from a real port: the whole ``serve`` runtime (FastAGI, AMI listener,
+reaper, gauges) with calls going through it, on both databases; and the pure pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate import metrics
+from callgate.agi.client import AsteriskEmulator, ChannelSpec, DialOutcome, FakeAsterisk
+from callgate.ami.fakeserver import FakeAmiServer, load_session, recorded_messages
+from callgate.cli.demo import seed_demo
+from callgate.cli.runtime import StartupError, open_runtime
+from callgate.config import AgiSettings, AmiSettings, MetricsSettings, Secret, load_settings
+
+SESSION = Path(__file__).parent / "data" / "transcripts" / "ami-session.raw"
+RAW_EVENTS = [m for m in recorded_messages(load_session(SESSION)) if m.startswith(b"Event: ")]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def http_get(port: int, path: str = "/metrics") -> tuple[str, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(5):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head.split("\r\n", 1)[0], body
+
+
+async def scrape(port: int) -> Samples:
+    status, body = await http_get(port)
+    assert status == "HTTP/1.1 200 OK"
+    out: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def until(predicate: object, within: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(within):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+def _spec(uniqueid: str, accountcode: str) -> ChannelSpec:
+    return ChannelSpec(uniqueid=uniqueid, accountcode=accountcode, extension="0044207946")
+
+
+async def test_serve_exposes_metrics_that_move_with_calls(engine: AsyncEngine, db_url: str) -> None:
+    base = load_settings(environ={"CALLGATE_DATABASE_URL": db_url})
+    await seed_demo(engine, base)
+    async with FakeAmiServer(username="callgate", secret="m-secret") as ami:
+        settings = dataclasses.replace(
+            base,
+            agi=AgiSettings(host="127.0.0.1", port=0),
+            metrics=MetricsSettings(enabled=True, host="127.0.0.1", port=0),
+            ami=AmiSettings(
+                enabled=True, port=ami.port, username="callgate", secret=Secret("m-secret")
+            ),
+        )
+        runtime = await open_runtime(settings, engine=engine, monitoring=True)
+        try:
+            assert runtime.metrics_server is not None and runtime.ami is not None
+            port = runtime.metrics_server.port
+            await until(lambda: runtime.ami is not None and runtime.ami.connected)
+            before = await scrape(port)
+            assert value(before, "callgate_ami_connected", server="asterisk") == 1
+            assert value(before, "callgate_rates_indexed") > 0
+            assert value(before, "callgate_rate_tables_indexed") == 2
+            asterisk = FakeAsterisk("127.0.0.1", runtime.server.port)
+            answered = AsteriskEmulator(
+                _spec("m-1", "7000000003"),
+                clock_ms=lambda: 1_763_769_600_000,  # simulated time only: billsec is exact
+                dial_outcomes=[
+                    dataclasses.replace(
+                        DialOutcome.answered(12_000, ring_ms=3_000), first_ring_ms=1_500
+                    )
+                ],
+            )
+            assert (await asterisk.call(answered.spec, answered)).ok
+            refused = AsteriskEmulator(_spec("m-2", "no-such-account"))
+            assert (await asterisk.call(refused.spec, refused)).ok
+            assert refused.variables["CALLGATE_STATUS"] == "NO_ACCOUNT"
+            # the listener counts live channels from the recorded events
+            newchannels = [r for r in RAW_EVENTS if r.startswith(b"Event: Newchannel\r\n")][:3]
+            await ami.push(b"".join(newchannels))
+            assert runtime.listener is not None
+            await until(
+                lambda: runtime.listener is not None and len(runtime.listener.channels()) == 3
+            )
+            after = await scrape(port)
+        finally:
+            await runtime.stop(1)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("callgate_calls_total", status="OK", dial_status="ANSWER") == 1
+    assert delta("callgate_calls_total", status="NO_ACCOUNT", dial_status="none") == 1
+    assert delta("callgate_calls_answered_total") == 1
+    assert delta("callgate_calls_billsec_total") == 12
+    assert delta("callgate_call_attempts_total") == 2
+    assert delta("callgate_pdd_seconds_count") == 1
+    assert delta("callgate_pdd_seconds_sum") == 1.5
+    assert delta("callgate_agi_latency_seconds_count") == 1  # only the dialled call
+    assert value(after, "callgate_asr_ratio") > 0 and value(after, "callgate_acd_seconds") > 0
+    assert value(after, "callgate_ami_live_channels", server="asterisk") == 3
+    assert delta("callgate_agi_sessions_total", outcome="ok") == 2  # the global registry too
+    for (name, labels), _ in after.items():  # bounded labels: never an account or a number
+        for key, label in labels:
+            assert "7000000003" not in label and "0044207946" not in label, (name, key)
+
+
+async def test_the_metrics_port_taken_is_a_startup_error(engine: AsyncEngine, db_url: str) -> None:
+    blocker = metrics.MetricsServer("127.0.0.1", 0)
+    await blocker.start()
+    try:
+        settings = dataclasses.replace(
+            load_settings(environ={"CALLGATE_DATABASE_URL": db_url}),
+            agi=AgiSettings(host="127.0.0.1", port=0),
+            metrics=MetricsSettings(enabled=True, host="127.0.0.1", port=blocker.port),
+        )
+        try:
+            await open_runtime(settings, engine=engine, monitoring=True)
+        except StartupError as exc:
+            assert "cannot serve metrics" in str(exc)
+        else:  # pragma: no cover
+            raise AssertionError("open_runtime started with its metrics port taken")
+    finally:
+        await blocker.close()
+
+
+async def test_http_server_answers_only_metrics() -> None:
+    server = metrics.MetricsServer("127.0.0.1", 0)
+    await server.start()
+    try:
+        status, body = await http_get(server.port, "/metrics")
+        assert status == "HTTP/1.1 200 OK" and "callgate_calls_total" in body
+        status, _ = await http_get(server.port, "/nope")
+        assert status == "HTTP/1.1 404 Not Found"
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /metrics HTTP/1.1\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 405")
+    finally:
+        await server.close()
+
+
+def test_call_window_asr_acd_cps() -> None:
+    now = [1000.0]
+    window = metrics.CallWindow(window_seconds=60, clock=lambda: now[0])
+    assert (window.asr(), window.acd(), window.cps()) == (0.0, 0.0, 0)
+    for _ in range(3):
+        window.attempt()
+    window.finished(True, 30)
+    window.finished(True, 90)
+    window.finished(False, 0)
+    window.finished(False, 0)
+    assert window.asr() == 0.5 and window.acd() == 60.0 and window.cps() == 3
+    now[0] += 1.5
+    assert window.cps() == 0 and window.asr() == 0.5
+    now[0] += 60
+    assert window.asr() == 0.0 and window.acd() == 0.0
+
+
+def test_labels_are_bounded() -> None:
+    assert metrics.dial_status_label("answer") == "ANSWER"
+    assert metrics.dial_status_label("") == "none"
+    assert metrics.dial_status_label("5551234") == "other"
+    assert metrics.status_label("OK") == "OK" and metrics.status_label("x") == "other"
