@@ -244,6 +244,7 @@ def _parse_time(text_value: str, column: str, zone: tzinfo) -> datetime | None:
 _RATE_FIELDS = tuple(f.name for f in dataclasses.fields(Rate))
 _SLOT = {name: slot for slot, name in enumerate(_RATE_FIELDS)}
 CACHE_LIMIT = 100_000  # distinct cell texts remembered per column
+_ZERO_MONEY = Rate("0", Decimal(0)).connect_fee  # Rate's own shared zero (its default)
 
 
 class _Cells(dict[Any, Any]):
@@ -306,9 +307,10 @@ class _DeckParser:
             if not cell.strip():
                 return default
             try:
-                return interner.money(parse_money(cell, name))
+                value = parse_money(cell, name)
             except InvalidRateError as exc:
                 raise _Problem(column, exc.message) from None
+            return _ZERO_MONEY if value == 0 and not value.is_signed() else interner.money(value)
 
         def seconds(cell: str) -> Any:
             return _parse_seconds(cell, column) if cell.strip() else default
@@ -762,9 +764,12 @@ class _RowDecoder:
         stamp = _result_processor("valid_from", dialect)
 
         def decode_money(raw: Any) -> Any:
-            # an integer count of 10^-5 units: exactly what `Money` gives back (5 places)
+            # an integer count of 10^-5 units: exactly what `Money` gives back (5 places);
+            # zero is Rate's own shared zero, which its construction checks fastest
             if raw is None:
                 return None
+            if raw == 0:
+                return _ZERO_MONEY
             return interner.money(Decimal(raw).scaleb(-STORED_MONEY_PLACES))
 
         def decode_time(raw: Any) -> Any:
