@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +18,7 @@ from callgate.ami.fakeserver import FakeAmiServer, load_session, recorded_messag
 from callgate.cli.demo import seed_demo
 from callgate.cli.runtime import StartupError, open_runtime
 from callgate.config import AgiSettings, AmiSettings, MetricsSettings, Secret, load_settings
+from callgate.templates import read_template
 
 SESSION = Path(__file__).parent / "data" / "transcripts" / "ami-session.raw"
 RAW_EVENTS = [m for m in recorded_messages(load_session(SESSION)) if m.startswith(b"Event: ")]
@@ -189,3 +192,26 @@ def test_labels_are_bounded() -> None:
     assert metrics.dial_status_label("") == "none"
     assert metrics.dial_status_label("5551234") == "other"
     assert metrics.status_label("OK") == "OK" and metrics.status_label("x") == "other"
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    dashboard = json.loads(read_template("grafana-callgate.json"))
+    families = {family.name for family in metrics.exposition_registry().collect()}
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"callgate_[a-z_]+", target["expr"]))
+    assert used
+    for name in used:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert base in families, name
+
+
+def test_asterisk_templates_grant_only_what_callgate_uses() -> None:
+    manager = read_template("manager_callgate.conf")
+    lines = [line.strip() for line in manager.splitlines() if not line.startswith(";")]
+    assert "[callgate]" in lines
+    assert "read = call,cdr" in lines and "write = reporting,command" in lines
+    assert "permit = 127.0.0.1/255.255.255.255" in lines
+    cdr = read_template("cdr_manager_callgate.conf")
+    assert "enabled = yes" in cdr and "linkedid => LinkedID" in cdr
