@@ -36,7 +36,8 @@ async def test_upgrade_builds_schema_from_empty_database(empty_db_url: str) -> N
     engine = create_engine(empty_db_url)
     try:
         assert await current_revisions(engine) == ()
-        assert await pending_revisions(engine) == list(head_revisions())
+        pending = await pending_revisions(engine)
+        assert pending[0] == "0001" and pending[-1:] == list(head_revisions())
         await upgrade(engine)
         assert await current_revisions(engine) == head_revisions()
         assert await pending_revisions(engine) == []
