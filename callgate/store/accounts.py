@@ -35,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.rating import parse_money, quantize_money
@@ -174,8 +175,8 @@ def generate_number(length: int = DEFAULT_NUMBER_LENGTH) -> str:
         raise InvalidDataError(
             f"account number length must be {MIN_NUMBER_LENGTH}..{MAX_NUMBER_LENGTH}, not {length}"
         )
-    first = str(secrets.randbelow(9) + 1)
-    return first + "".join(str(secrets.randbelow(10)) for _ in range(length - 1))
+    low = 10 ** (length - 1)  # uniform over the numbers of exactly ``length`` digits
+    return str(low + secrets.randbelow(9 * low))
 
 
 def generate_alias(length: int = ALIAS_LENGTH) -> str:
@@ -188,6 +189,37 @@ async def _exists(conn: AsyncConnection, column: Any, value: str) -> bool:
     return found is not None
 
 
+async def _used_identifiers(conn: AsyncConnection, values: Iterable[str]) -> set[str]:
+    """Which of ``values`` are already an account number or an alias.
+
+    Numbers and aliases share one space: an alias (semi-public, shown to the customer) must never
+    equal another account's number (the secret that authenticates it), nor the reverse.
+    """
+    wanted = list(set(values))
+    if not wanted:
+        return set()
+    used: set[str] = set()
+    for column in (accounts.c.number, accounts.c.alias):
+        used.update(str(v) for v in await conn.scalars(select(column).where(column.in_(wanted))))
+    return used
+
+
+async def _identifier_conflict(conn: AsyncConnection, key: str, value: str) -> str | None:
+    """Why ``value`` cannot be an account's ``key`` (number or alias), or None."""
+    own, other = (
+        (accounts.c.number, accounts.c.alias)
+        if key == "number"
+        else (accounts.c.alias, accounts.c.number)
+    )
+    label = "account number" if key == "number" else "alias"
+    if await _exists(conn, own, value):
+        return f"{label} {value!r} is taken"
+    if await _exists(conn, other, value):
+        other_label = "an alias" if key == "number" else "an account number"
+        return f"{label} {value!r} is taken: it is {other_label}"
+    return None
+
+
 async def _unique_random(
     conn: AsyncConnection, column: Any, length: int, taken: set[str] | None = None
 ) -> str:
@@ -195,7 +227,7 @@ async def _unique_random(
         candidate = generate_number(length)
         if taken is not None and candidate in taken:
             continue
-        if not await _exists(conn, column, candidate):
+        if not await _used_identifiers(conn, [candidate]):
             return candidate
     raise ConflictError(
         f"could not find a free {column.name} of {length} digits after {_GENERATE_TRIES} tries; "
@@ -234,14 +266,18 @@ async def create_account(
             if known is None:
                 raise InvalidDataError(f"unknown currency {code!r}")
             values["currency"] = code
+        if values.get("number") and values["number"] == values.get("alias"):
+            raise ConflictError("an account's number and alias must differ")
         if values.get("number"):
-            if await _exists(conn, accounts.c.number, values["number"]):
-                raise ConflictError(f"account number {values['number']!r} is taken")
+            conflict = await _identifier_conflict(conn, "number", values["number"])
+            if conflict:
+                raise ConflictError(conflict)
         else:
             values["number"] = await _unique_random(conn, accounts.c.number, number_length, taken)
         if values.get("alias"):
-            if await _exists(conn, accounts.c.alias, values["alias"]):
-                raise ConflictError(f"alias {values['alias']!r} is taken")
+            conflict = await _identifier_conflict(conn, "alias", values["alias"])
+            if conflict:
+                raise ConflictError(conflict)
         else:
             values["alias"] = await _unique_random(conn, accounts.c.alias, ALIAS_LENGTH, taken)
         if taken is not None:
@@ -579,6 +615,42 @@ async def _opening_payments(conn: AsyncConnection, opened: Sequence[tuple[int, D
     )
 
 
+async def _payments_from_select(
+    conn: AsyncConnection, where: Any, credit: Any, *, kind: PaymentKind, description: str
+) -> None:
+    """One completed, untaxed payment of ``credit`` (an SQL expression) per account chosen by
+    ``where``, in a single INSERT ... SELECT."""
+    now = literal(datetime.now(UTC), accounts.c.created_at.type)
+    zero = literal(Decimal(0), Money())
+    source = select(
+        accounts.c.id,
+        literal(kind.value),
+        literal(PaymentStatus.COMPLETED.value),
+        credit,
+        zero,
+        zero,
+        credit,
+        literal(await base_currency(conn)),
+        literal(description),
+        now,
+        now,
+    ).where(where)
+    columns = [
+        "account_id",
+        "kind",
+        "status",
+        "amount",
+        "tax_percent",
+        "tax_amount",
+        "credit",
+        "currency",
+        "description",
+        "created_at",
+        "completed_at",
+    ]
+    await conn.execute(insert(payments).from_select(columns, source))
+
+
 async def open_account(
     conn: AsyncConnection,
     *,
@@ -613,7 +685,7 @@ async def _fresh_values(
             candidate = generate_number(length)
             if candidate not in taken:
                 candidates.add(candidate)
-        used = set(await conn.scalars(select(column).where(column.in_(candidates))))
+        used = await _used_identifiers(conn, candidates)
         fresh = [c for c in candidates if c not in used]
         taken.update(fresh)
         found.extend(fresh)
@@ -665,11 +737,12 @@ async def generate_accounts(
         else:
             values["currency"] = await base_currency(conn)
         values["call_plan_id"] = call_plan_id
+        if conn.dialect.name == "postgresql":
+            # the table grows inside this transaction, unseen by the statistics: a generic plan
+            # of the existence probes, made while it was small, would scan it whole each time
+            await conn.execute(sql_text("SET LOCAL plan_cache_mode = force_custom_plan"))
         taken: set[str] = set()
         created: list[tuple[int, str, str]] = []
-        statement = insert(accounts).returning(
-            accounts.c.id, accounts.c.number, accounts.c.alias, sort_by_parameter_order=True
-        )
         while len(created) < count:
             size = min(chunk, count - len(created))
             numbers = await _fresh_values(conn, accounts.c.number, number_length, size, taken)
@@ -677,10 +750,22 @@ async def generate_accounts(
             rows = [
                 {**values, "number": n, "alias": a} for n, a in zip(numbers, aliases, strict=True)
             ]
-            result = await conn.execute(statement, rows)
+            await conn.execute(insert(accounts), rows)  # executemany, compiled once
+            result = await conn.execute(
+                select(accounts.c.id, accounts.c.number, accounts.c.alias)
+                .where(accounts.c.number.in_(numbers))
+                .order_by(accounts.c.id)
+            )
             batch = [(int(r.id), str(r.number), str(r.alias)) for r in result]
             balance = Decimal(values.get("balance", 0))
-            await _opening_payments(conn, [(account_id, balance) for account_id, _, _ in batch])
+            if balance != 0:
+                await _payments_from_select(
+                    conn,
+                    accounts.c.number.in_(numbers),
+                    literal(balance, Money()),
+                    kind=PaymentKind.REFILL if balance > 0 else PaymentKind.ADJUSTMENT,
+                    description="opening balance",
+                )
             created.extend(batch)
             if on_progress is not None:
                 on_progress(len(batch))
@@ -721,13 +806,12 @@ async def update_account(conn: AsyncConnection, account_id: int, **changes: Any)
         changes.get("expiry_days", current.expiry_days),
     )
     async with mapped_errors(f"account {current.number}"):
-        for key, column in (("number", accounts.c.number), ("alias", accounts.c.alias)):
+        for key in ("number", "alias"):
             value = changes.get(key)
             if value is not None and value != getattr(current, key):
-                if await _exists(conn, column, value):
-                    raise ConflictError(
-                        f"{'account number' if key == 'number' else key} {value!r} is taken"
-                    )
+                conflict = await _identifier_conflict(conn, key, value)
+                if conflict:
+                    raise ConflictError(conflict)
         if "call_plan_id" in changes:
             plan_id = changes["call_plan_id"]
             if (
@@ -1069,37 +1153,8 @@ async def batch_update(
                 signed = balance.amount if balance.op is BalanceOp.ADD else -balance.amount
                 delta = literal(signed, Money())
                 new_balance = accounts.c.balance + signed
-            zero = literal(Decimal(0), Money())
-            source = select(
-                accounts.c.id,
-                literal(PaymentKind.ADJUSTMENT.value),
-                literal(PaymentStatus.COMPLETED.value),
-                delta,
-                zero,
-                zero,
-                delta,
-                literal(await base_currency(conn)),
-                literal(description),
-                literal(now, accounts.c.created_at.type),
-                literal(now, accounts.c.created_at.type),
-            ).where(moved)
-            await conn.execute(
-                insert(payments).from_select(
-                    [
-                        "account_id",
-                        "kind",
-                        "status",
-                        "amount",
-                        "tax_percent",
-                        "tax_amount",
-                        "credit",
-                        "currency",
-                        "description",
-                        "created_at",
-                        "completed_at",
-                    ],
-                    source,
-                )
+            await _payments_from_select(
+                conn, moved, delta, kind=PaymentKind.ADJUSTMENT, description=description
             )
             await conn.execute(update(accounts).where(moved).values(balance=new_balance))
         values = {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in changes.items()}
@@ -1305,7 +1360,7 @@ async def import_accounts(
     """
     errors: list[str] = []
     parsed: list[tuple[int, int, dict[str, Any]]] = []
-    first_line: dict[tuple[str, str], int] = {}
+    first_line: dict[str, int] = {}  # numbers and aliases share one space
     for line, raw in rows:
         if None in raw:
             errors.append(f"line {line}: more cells than columns")
@@ -1323,15 +1378,16 @@ async def import_accounts(
                     "no plan (a plan column or --plan): configure the call plan first"
                 )
             _check_expiry_fields(fields)
-            for key, column in (("number", accounts.c.number), ("alias", accounts.c.alias)):
+            for key in ("number", "alias"):
                 value = fields.get(key)
                 if value is None:
                     continue
-                earlier = first_line.setdefault((key, value), line)
+                earlier = first_line.setdefault(value, line)
                 if earlier != line:
                     raise ConflictError(f"{key} {value!r} repeats line {earlier}")
-                if await _exists(conn, column, value):
-                    raise ConflictError(f"{key} {value!r} is taken")
+                conflict = await _identifier_conflict(conn, key, value)
+                if conflict:
+                    raise ConflictError(conflict)
         except (InvalidDataError, NotFoundError, ConflictError) as exc:
             errors.append(f"line {line}: {exc}")
             continue
@@ -1340,7 +1396,7 @@ async def import_accounts(
         raise AccountImportError(errors)
     if not parsed:
         raise InvalidDataError("the file holds no accounts")
-    taken = {value for _, value in first_line}
+    taken = set(first_line)
     for line, plan_id, fields in parsed:
         try:
             await open_account(
