@@ -7,11 +7,12 @@ are `callgate.rating.PrefixIndex` objects built from the database. A call costs 
 How the cache stays current:
 
 - Every change to a rate table's rates bumps ``rate_tables.version`` (`callgate.store.rates`
-  imports, `callgate.store.plans.add_rates`). `RateCache.refresh` runs ONE cheap query (plans,
+  imports; `callgate.store.plans.add_rates` too, but it sends no NOTIFY, so only the poll sees
+  it). `RateCache.refresh` runs ONE cheap query (plans,
   their tables with priorities, each table's version and default trunk: one row per plan/table
   link, never a rate) and compares it with what is loaded. Only tables whose version (or name or
   trunk) changed are rebuilt; attach/detach and plan changes only rebuild the small `CallPlan`
-  wrappers. A table's rates are streamed from the database in batches (a server-side cursor;
+  wrappers. A table's rates are streamed from the database in batches (a driver cursor;
   rows are decoded into `Rate` values batch by batch, repeated values shared through the rating
   core's `Interner`) inside one REPEATABLE READ transaction with the version it is labelled with.
   The new index is built completely, then the snapshot reference is replaced in one assignment:
@@ -274,6 +275,8 @@ class RateCache:
                 await self.refresh()
             except (StoreError, RatingError, TimeoutError) as exc:
                 log.error("rates not refreshed, still using the previous ones: %s", exc)
+            except Exception:  # a bug must not stop the refresher: rates would go stale
+                log.exception("rates not refreshed, still using the previous ones")
 
     def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         log.debug("rate change notice for table %s", payload)
@@ -303,6 +306,8 @@ class RateCache:
                 log.warning("rate change listener: connection closed, reconnecting")
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("rate change listener: %s; retrying in %.0f s", exc, delay)
+            except Exception:  # keep listening whatever happened; the poll covers the gap
+                log.exception("rate change listener failed; retrying in %.0f s", delay)
             finally:
                 self._listening.clear()
                 if connection is not None:
