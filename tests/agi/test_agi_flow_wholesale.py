@@ -343,7 +343,7 @@ async def test_ip_channel_limit_refuses_a_concurrent_call(world: World) -> None:
     async with world.engine.begin() as conn:
         await ips.add_ip(conn, world.acct["b"].id, "203.0.114.10", channel_limit=1)
     await world.node.data.refresh()
-    long_call = _emu("ch-1", source="203.0.114.10:5060", talk_ms=1_500, real_time=True)
+    long_call = _emu("ch-1", source="203.0.114.10:5060", talk_ms=2_000, real_time=True)
     running = asyncio.create_task(world.call(long_call))
     await _wait_open(world.engine, "ch-1")
     refused = _emu("ch-2", source="203.0.114.10:5060")
@@ -371,14 +371,14 @@ async def test_limits_hold_across_two_servers_sharing_postgresql(
     world = World(engine, clock, one, made)
     try:
         # IP channels: a call in progress on server one refuses a second one on server two
-        long_call = _emu("x-1", source="203.0.114.20:5060", talk_ms=1_500, real_time=True)
+        long_call = _emu("x-1", source="203.0.114.20:5060", talk_ms=2_000, real_time=True)
         running = asyncio.create_task(world.call(long_call, one))
         await _wait_open(engine, "x-1")
         refused = _emu("x-2", source="203.0.114.20:5060")
         assert (await world.call(refused, two)).ok
         assert refused.variables["CALLGATE_STATUS"] == "CHANNEL_LIMIT"
         # account channels (identified by caller ID), same story
-        held = _emu("x-3", callerid="5554444", talk_ms=1_500, real_time=True)
+        held = _emu("x-3", callerid="5554444", talk_ms=2_000, real_time=True)
         running_r = asyncio.create_task(world.call(held, two))
         await _wait_open(engine, "x-3")
         refused_r = _emu("x-4", callerid="5554444")
