@@ -615,6 +615,47 @@ async def test_alert_fires_once_over_several_calls_and_the_email_arrives(
         await service.aclose()
 
 
+async def test_a_channels_alert_fires_while_the_call_is_up(engine: AsyncEngine) -> None:
+    made, plan_ids = await _setup(engine)
+    clock = Clock()
+    sent: list[tuple[str, str]] = []
+
+    async def send(recipient: str, subject: str, body: str) -> None:
+        sent.append((recipient, subject))
+
+    service = AlertService(engine, send, clock=clock)
+    async with engine.begin() as conn:
+        await alert_store.add_alert(
+            conn,
+            made["a"].id,
+            "busy",
+            "noc@example.com",
+            AlertArea.CHANNELS,
+            AlertOperator.GE,
+            Decimal(1),
+        )
+    await service.refresh()
+    node = await _node(engine, clock, plan_ids, alerts=service)
+    world = World(engine, clock, node, made)
+    try:
+        call = _emu("busy-1", source="203.0.113.7:5060", talk_ms=2_000, real_time=True)
+        running = asyncio.create_task(world.call(call))
+        await _wait_open(engine, "busy-1")
+        async with asyncio.timeout(5):
+            while not sent:
+                await service.drain()
+                await asyncio.sleep(0.02)
+        assert sent == [("noc@example.com", sent[0][1])] and "channels is 1" in sent[0][1]
+        assert (await running).ok
+        await service.drain()
+        async with engine.connect() as conn:
+            (alert,) = await alert_store.list_alerts(conn, made["a"].id)
+        assert alert.state.value == "armed" and len(sent) == 1  # re-armed once the call ended
+    finally:
+        await node.server.shutdown(1)
+        await service.aclose()
+
+
 # ---------------------------------------------------------------- recording
 
 

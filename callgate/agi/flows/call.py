@@ -414,6 +414,8 @@ class CallFlows:
             return
         state.reserved = True
         state.granted = reserved.granted_seconds
+        if self.alerts is not None:  # "channels" alerts see the call now, in the background
+            self.alerts.account_changed(account.id)
         try:
             await session.set_variable("CALLGATE_ACCOUNT", account.number)
             await session.set_variable("CALLGATE_MAXSEC", state.granted)
