@@ -323,15 +323,18 @@ async def reserve(
 
 
 def _priced(price: Pricer, available: Decimal) -> tuple[int, Decimal]:
-    if available <= ZERO:
-        raise NoCreditError(f"no credit available ({available})")
+    """Run the pricer; the ledger's own guard is that nothing paid exceeds what is available.
+
+    ``available`` may be 0 or less: a call paid by a package's free seconds reserves nothing,
+    so the pricer, not this function, decides whether a call with no credit may go.
+    """
     try:
         granted, amount = price(available)
     except InsufficientCreditError as exc:
         raise NoCreditError(str(exc) or "credit cannot pay the first block") from exc
     if granted <= 0:
-        raise NoCreditError("credit cannot pay the first block")
-    if amount > available:  # pragma: no cover - max_duration never overspends
+        raise NoCreditError(f"credit cannot pay the first block (available {available})")
+    if amount < ZERO or (amount > ZERO and amount > available):
         raise NoCreditError(f"pricing reserved {amount} > available {available}")
     return granted, amount
 

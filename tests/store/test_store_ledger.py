@@ -248,3 +248,20 @@ async def test_record_attempt_is_idempotent(engine: AsyncEngine) -> None:
     assert await ledger.record_attempt(engine, record) is False
     async with engine.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(calls)) == 1
+
+
+async def test_a_call_paid_by_free_seconds_needs_no_credit(engine: AsyncEngine) -> None:
+    account = await _account(engine, "0")
+    now = datetime.now(UTC)
+
+    def free_minute(available: Decimal) -> tuple[int, Decimal]:
+        return 60, Decimal(0)  # a package pays the first minute; the credit pays nothing more
+
+    res = await ledger.reserve(
+        engine, account_id=account.id, uniqueid="f1", price=free_minute, now=now, grace_seconds=0
+    )
+    assert (res.granted_seconds, res.amount, res.available) == (60, Decimal(0), Decimal("0.00000"))
+    with pytest.raises(ledger.NoCreditError):  # without the package: nothing to pay with
+        await ledger.reserve(
+            engine, account_id=account.id, uniqueid="f2", price=price, now=now, grace_seconds=0
+        )
