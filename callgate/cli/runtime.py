@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate import metrics
-from callgate.agi.flows.call import CallFlows, flow_settings
+from callgate.agi.flows.call import MAX_TRUNK_CHAIN, CallFlows, flow_settings
 from callgate.agi.flows.did import DidFlow
 from callgate.agi.server import AgiServer
 from callgate.alerts import AlertService, SmtpSender
@@ -82,6 +82,17 @@ async def _refresh_routing(routing: RoutingData) -> None:
             log.exception("refreshing trunks and plan options failed; keeping the old ones")
 
 
+def reservation_grace(settings: Settings) -> int:
+    """How long past its grant a reservation may stay open before the reaper takes it.
+
+    A live session can still hold it while its Dial attempts ring: up to ``dial_ring_seconds``
+    on each trunk of a failover chain. The configured grace comes on top, so the reaper never
+    settles a call that is still ringing or talking.
+    """
+    billing = settings.billing
+    return billing.reservation_grace_seconds + billing.dial_ring_seconds * MAX_TRUNK_CHAIN
+
+
 async def open_runtime(
     settings: Settings, *, engine: AsyncEngine | None = None, monitoring: bool = False
 ) -> Runtime:
@@ -97,9 +108,7 @@ async def open_runtime(
         raise StartupError(f"cannot load the rates: {exc}") from exc
     routing = RoutingData(engine, cache.plan)
     zone = ZoneInfo(settings.billing.timezone)
-    wholesale = WholesaleData(
-        engine, zone=zone, grace_seconds=settings.billing.reservation_grace_seconds
-    )
+    wholesale = WholesaleData(engine, zone=zone, grace_seconds=reservation_grace(settings))
     alerts = AlertService(engine, SmtpSender(settings.smtp), zone=zone)
     try:
         await routing.refresh()
@@ -113,11 +122,7 @@ async def open_runtime(
     flows = CallFlows(
         accounts=SqlAccounts(engine),
         plans=routing,
-        ledger=SqlLedger(
-            engine,
-            grace_seconds=settings.billing.reservation_grace_seconds,
-            server=policy.server,
-        ),
+        ledger=SqlLedger(engine, grace_seconds=reservation_grace(settings), server=policy.server),
         settings=policy,
         ips=wholesale,
         cli_rules=wholesale,
