@@ -471,6 +471,14 @@ async def notify_rates_changed(conn: AsyncConnection, table_id: int) -> None:
         )
 
 
+async def _refresh_statistics(conn: AsyncConnection) -> None:
+    """ANALYZE the rates after a bulk load, so that reading a whole table scans it instead of
+    probing the (table, prefix) index row by row (several times slower on SQLite, which has no
+    statistics until ANALYZE). It reads the index only: 0.02 s per 100,000 rates on SQLite;
+    PostgreSQL samples."""
+    await conn.exec_driver_sql("ANALYZE rates")
+
+
 async def _lock_table(conn: AsyncConnection, name: str) -> plans.RateTableRow:
     """The rate table, its row locked against concurrent imports (PostgreSQL)."""
     table = await plans.fetch_rate_table(conn, name)
@@ -643,6 +651,7 @@ async def import_rates(
         finally:
             if loading is not None:  # a bad line or a cancel: let the load in flight finish
                 await asyncio.gather(loading, return_exceptions=True)
+        await _refresh_statistics(conn)
         await plans.bump_table_version(conn, table_id)
         await notify_rates_changed(conn, table_id)
         version = await conn.scalar(
