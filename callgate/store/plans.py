@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import (
@@ -370,10 +370,29 @@ async def add_rates(
     return count
 
 
+NOTIFY_CHANNEL = "callgate_rates"
+
+
+async def notify_rates_changed(conn: AsyncConnection, table_id: int) -> None:
+    """Tell running servers that a rate table (or a plan's tables) changed.
+
+    On PostgreSQL: ``pg_notify('callgate_rates', '<table id>')``, delivered when the caller's
+    transaction commits (and not at all if it rolls back). On SQLite there is no such channel:
+    servers see the version change on their next poll.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": NOTIFY_CHANNEL, "payload": str(table_id)},
+        )
+
+
 async def bump_table_version(conn: AsyncConnection, table_id: int) -> None:
-    """Mark a rate table changed: servers rebuild its index when they see the new version."""
+    """Mark a rate table changed: servers rebuild its index when they see the new version
+    (at once on PostgreSQL, through NOTIFY; at their next poll on SQLite)."""
     await conn.execute(
         update(rate_tables)
         .where(rate_tables.c.id == table_id)
         .values(version=rate_tables.c.version + 1, updated_at=func.now())
     )
+    await notify_rates_changed(conn, table_id)

@@ -49,7 +49,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +70,7 @@ from callgate.schema.types import MONEY_PLACES as STORED_MONEY_PLACES
 from callgate.store import plans
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, StoreError
+from callgate.store.plans import NOTIFY_CHANNEL, notify_rates_changed
 
 __all__ = [
     "COLUMN_ALIASES",
@@ -93,7 +94,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "callgate_rates"
 MAX_PROBLEMS = 20  # bad lines reported by one failed import
 COPY_TIMEOUT_SECONDS = 300.0  # one COPY batch (network await deadline)
 PG_BATCH = 50_000
@@ -457,20 +457,6 @@ def format_csv_row(rate: Rate) -> list[str]:
 # --- import --------------------------------------------------------------------------------------
 
 
-async def notify_rates_changed(conn: AsyncConnection, table_id: int) -> None:
-    """Tell running servers that a rate table (or a plan's tables) changed.
-
-    On PostgreSQL: ``pg_notify('callgate_rates', '<table id>')``, delivered when the caller's
-    transaction commits (and not at all if it rolls back). On SQLite there is no such channel:
-    servers see the version change on their next poll.
-    """
-    if conn.dialect.name == "postgresql":
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": NOTIFY_CHANNEL, "payload": str(table_id)},
-        )
-
-
 async def _refresh_statistics(conn: AsyncConnection) -> None:
     """ANALYZE the rates after a bulk load, so that reading a whole table scans it instead of
     probing the (table, prefix) index row by row (several times slower on SQLite, which has no
@@ -652,8 +638,7 @@ async def import_rates(
             if loading is not None:  # a bad line or a cancel: let the load in flight finish
                 await asyncio.gather(loading, return_exceptions=True)
         await _refresh_statistics(conn)
-        await plans.bump_table_version(conn, table_id)
-        await notify_rates_changed(conn, table_id)
+        await plans.bump_table_version(conn, table_id)  # and tells running servers
         version = await conn.scalar(
             select(rate_tables.c.version).where(rate_tables.c.id == table_id)
         )
