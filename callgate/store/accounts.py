@@ -27,6 +27,7 @@ from sqlalchemy import (
     Numeric,
     Row,
     String,
+    bindparam,
     cast,
     delete,
     func,
@@ -305,25 +306,32 @@ async def fetch_account(conn: AsyncConnection, account_id: int) -> Account:
     return account_from_row(row)
 
 
-async def fetch_account_by_number(conn: AsyncConnection, number: str) -> Account | None:
-    row = (await conn.execute(select(accounts).where(accounts.c.number == number))).first()
+# Built once: every call looks an account up (see callgate/store/ledger.py on why).
+_BY_NUMBER = select(accounts).where(accounts.c.number == bindparam("key"))
+_BY_ALIAS = select(accounts).where(accounts.c.alias == bindparam("key"))
+_BY_CALLERID = (
+    select(accounts)
+    .join(account_callerids, account_callerids.c.account_id == accounts.c.id)
+    .where(account_callerids.c.callerid == bindparam("key"), account_callerids.c.active.is_(True))
+)
+
+
+async def _fetch_one(conn: AsyncConnection, query: Any, key: str) -> Account | None:
+    row = (await conn.execute(query, {"key": key})).first()
     return None if row is None else account_from_row(row)
+
+
+async def fetch_account_by_number(conn: AsyncConnection, number: str) -> Account | None:
+    return await _fetch_one(conn, _BY_NUMBER, number)
 
 
 async def fetch_account_by_alias(conn: AsyncConnection, alias: str) -> Account | None:
-    row = (await conn.execute(select(accounts).where(accounts.c.alias == alias))).first()
-    return None if row is None else account_from_row(row)
+    return await _fetch_one(conn, _BY_ALIAS, alias)
 
 
 async def fetch_account_by_callerid(conn: AsyncConnection, callerid: str) -> Account | None:
     """The account owning an active caller ID (exact match on the digits Asterisk sends)."""
-    query = (
-        select(accounts)
-        .join(account_callerids, account_callerids.c.account_id == accounts.c.id)
-        .where(account_callerids.c.callerid == callerid, account_callerids.c.active.is_(True))
-    )
-    row = (await conn.execute(query)).first()
-    return None if row is None else account_from_row(row)
+    return await _fetch_one(conn, _BY_CALLERID, callerid)
 
 
 async def find_account(conn: AsyncConnection, key: str) -> Account | None:

