@@ -54,6 +54,7 @@ from callgate.store import plans
 from callgate.store.db import create_engine, write_transaction
 
 ACCOUNTS = 2000
+HELD_RATE = 100  # calls per second while filling the held calls
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -230,22 +231,24 @@ async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
                     all_in.set()
             return super().__call__(command)
 
-    client = FakeAsterisk("127.0.0.1", server.port, linger_timeout_ms=120_000)
+    client = FakeAsterisk("127.0.0.1", server.port, linger_timeout_ms=400_000)
 
     async def one(index: int) -> None:
         spec = _spec(index + 50_000_000, "call")
         holder = Holder(
-            spec, dial_outcomes=[DialOutcome.answered(90_000)], real_time=True, hangup_delay_ms=0
+            spec, dial_outcomes=[DialOutcome.answered(300_000)], real_time=True, hangup_delay_ms=0
         )
         await client.call(spec, holder)
 
     tasks: list[asyncio.Task[None]] = []
-    for index in range(count):
+    started = time.monotonic()
+    for index in range(count):  # Asterisk's calls arrive at a rate, not all in one second
+        delay = started + index / HELD_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(index)))
-        if index % 200 == 199:
-            await asyncio.sleep(0.05)  # do not overflow the listen backlog
     try:
-        async with asyncio.timeout(80):
+        async with asyncio.timeout(240):
             await all_in.wait()
         await asyncio.sleep(1.0)
         during = server.rss_kb()
