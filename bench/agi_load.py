@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -175,6 +176,13 @@ class Server:
         self._log_file.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def _spec(index: int, script: str) -> ChannelSpec:
     return ChannelSpec(
         script=script,
@@ -280,7 +288,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
         print(f"== {backend}: seeding {ACCOUNTS} accounts ...", flush=True)
         await seed(url)
         log = Path(tempfile.gettempdir()) / f"callgate-bench-{backend}.log"
-        port = 40000 + os.getpid() % 10000
+        port = _free_port()
         async with Server(url, port, log) as server:
             await run_load(
                 "127.0.0.1",
@@ -303,7 +311,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
                 offered = await open_loop(port, rate, args.seconds)
                 print(f"open loop, {rate} calls/s offered: {_fmt(offered)}", flush=True)
         if args.held:  # a fresh server: the overload of the last run must not linger
-            async with Server(url, port + 1, log.with_suffix(".held.log")) as server:
+            async with Server(url, _free_port(), log.with_suffix(".held.log")) as server:
                 before, during, seen = await held_calls(server, args.held)
                 per_call = (during - before) * 1024 / max(seen, 1)
                 print(
