@@ -277,8 +277,10 @@ async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
 
 def _fmt(result: LoadResult) -> str:
     p = LoadResult.percentile
+    dialled = len(result.setup_ms)
     return (
-        f"{result.completed}/{result.calls} ok, {result.sessions_per_second:,.0f} calls/s, "
+        f"{result.completed}/{result.calls} ok ({dialled} dialled, {result.completed - dialled} "
+        f"refused), {dialled / (result.wall_ms / 1000):,.0f} dialled/s, "
         f"header->Dial p50 {p(result.setup_ms, 50):.1f} ms p99 {p(result.setup_ms, 99):.1f} ms"
     )
 

@@ -312,3 +312,32 @@ async def test_calling_card_locks_out_a_caller_after_repeated_failures(harness: 
     fine = _emulator(other, digits=["1000000001", "442079460000"])
     assert (await harness.call(fine)).ok
     assert fine.variables["CALLGATE_STATUS"] == "OK"
+
+
+async def test_overload_refuses_new_calls_at_once_without_the_database(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        plan_row = await plans.create_call_plan(conn, name="busy")
+        await account_store.create_account(
+            conn, call_plan_id=plan_row.id, number="1000000009", balance=Decimal("1.00")
+        )
+    routing = RoutingData(engine, lambda plan_id: None)
+    await routing.refresh()
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=routing,
+        ledger=SqlLedger(engine, grace_seconds=60),
+        settings=FlowSettings(max_setups=0),  # every new call finds the set-up slots full
+    )
+    server = AgiServer({"call": flows.call}, port=0)
+    await server.start()
+    try:
+        emulator = _emulator(_spec("shed-1", accountcode="1000000009"))
+        result = await FakeAsterisk("127.0.0.1", server.port).call(emulator.spec, emulator)
+    finally:
+        await server.shutdown(1)
+    assert result.ok and emulator.dials == []
+    assert emulator.variables["CALLGATE_STATUS"] == "ERROR"
+    assert emulator.variables["CALLGATE_HANGUPCAUSE"] == "42"
+    assert flows.shed == 1 and flows.setups == 0
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(calls))).first() is None  # nothing written

@@ -127,6 +127,10 @@ class FlowSettings:
     # wholesale: where MixMonitor writes recordings ("" = never record), and how to read the
     # SIP source address of a call per channel technology (IP authentication)
     recordings_dir: str = ""
+    # direct-dial calls allowed between their header and their Dial at once; beyond it a new
+    # call is refused at once (cause 42) instead of queueing for the database until everything
+    # times out: under overload the calls admitted keep their set-up time
+    max_setups: int = 200
     source_address_exprs: tuple[tuple[str, str], ...] = (
         ("PJSIP", "${CHANNEL(pjsip,remote_addr)}"),
         ("SIP", "${CHANNEL(recvip)}"),
@@ -165,6 +169,7 @@ class CallState:
     attempt: Attempt = field(default_factory=Attempt)
     billsec: int = 0
     note: str = ""
+    in_setup: bool = False
     # wholesale
     source_address: str = ""
     ip: IpEntry | None = None  # the IP authentication entry that identified the caller
@@ -269,13 +274,45 @@ class CallFlows:
         self.clock = clock
         self.zone = ZoneInfo(settings.timezone)
         self._card_failures: dict[str, tuple[int, float]] = {}
+        self.setups = 0  # direct-dial calls between their header and their Dial
+        self.shed = 0  # calls refused because max_setups were in set-up
 
     # ------------------------------------------------------------------ entry points
 
     async def call(self, session: AgiSession) -> None:
         """Direct dialling: ``AGI(agi://host/call[,account[,number]])``."""
-        env = session.env
+        if self.setups >= self.settings.max_setups:
+            await self._shed(session)
+            return
+        self.setups += 1
         state = self._new_state(session, "call")
+        state.in_setup = True
+        try:
+            await self._call(session, state)
+        finally:
+            self._leave_setup(state)
+
+    def _leave_setup(self, state: CallState) -> None:
+        if state.in_setup:
+            state.in_setup = False
+            self.setups -= 1
+
+    async def _shed(self, session: AgiSession) -> None:
+        """Refuse a call at once, without touching the database: callgate is overloaded."""
+        self.shed += 1
+        calls_log.warning(
+            "uniqueid=%s status=ERROR note='overloaded: %d calls in set-up'",
+            session.env.uniqueid,
+            self.setups,
+        )
+        try:
+            await session.set_variable("CALLGATE_STATUS", "ERROR")
+            await session.set_variable("CALLGATE_HANGUPCAUSE", 42)  # congestion
+        except AgiError as exc:
+            log.debug("cannot tell the dialplan it was shed: %s", exc)
+
+    async def _call(self, session: AgiSession, state: CallState) -> None:
+        env = session.env
         args = env.args
         state.dialled = args[1] if len(args) > 1 and args[1] else env.extension
         try:
@@ -500,6 +537,7 @@ class CallFlows:
             call_metrics.observe_agi_latency((self.clock() - state.started_at).total_seconds())
         state.dialled_out = True
         deadline_ms = (s.dial_ring_seconds + state.granted + 120) * 1000
+        self._leave_setup(state)  # a call in Dial costs no set-up work
         await session.exec("Dial", args, timeout_ms=deadline_ms)
         # one round trip (GET FULL VARIABLE works after a hangup); Asterisk expands left to
         # right, so the end of the call is stamped first
@@ -898,6 +936,7 @@ def flow_settings(settings: Settings) -> FlowSettings:
         max_call_seconds=billing.max_call_seconds,
         timezone=billing.timezone,
         server=settings.server_name or socket.gethostname(),
+        max_setups=settings.agi.max_setups,
         recordings_dir=settings.wholesale.recordings_dir,
         source_address_exprs=(
             ("PJSIP", settings.wholesale.source_address_pjsip),
