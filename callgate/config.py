@@ -68,7 +68,7 @@ class AgiSettings:
     port: int = 4573
     allow: tuple[str, ...] = ()  # Asterisk addresses or CIDRs allowed to connect; empty = any
     max_sessions: int = 5000
-    max_setups: int = 200  # direct-dial calls between header and Dial; beyond: refused (cause 42)
+    max_setups: int = 50  # direct-dial calls between header and Dial; beyond: refused (cause 42)
     header_timeout_ms: int = 5000
     command_timeout_ms: int = 10000
     drain_seconds: int = 30

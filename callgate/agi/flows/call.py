@@ -130,7 +130,7 @@ class FlowSettings:
     # direct-dial calls allowed between their header and their Dial at once; beyond it a new
     # call is refused at once (cause 42) instead of queueing for the database until everything
     # times out: under overload the calls admitted keep their set-up time
-    max_setups: int = 200
+    max_setups: int = 50
     source_address_exprs: tuple[tuple[str, str], ...] = (
         ("PJSIP", "${CHANNEL(pjsip,remote_addr)}"),
         ("SIP", "${CHANNEL(recvip)}"),
