@@ -145,26 +145,7 @@ _TIMES = frozenset({"valid_from", "valid_to"})
 _ZERO_DATES = frozenset({"0000-00-00", "0000-00-00 00:00:00"})
 
 # the order of the values in an insert record (after rate_table_id)
-_DB_COLUMNS = (
-    "rate_table_id",
-    "prefix",
-    "destination",
-    "rate",
-    "connect_fee",
-    "disconnect_fee",
-    "disconnect_after",
-    "initial_block",
-    "increment",
-    "minimal_cost",
-    "buy_rate",
-    "buy_initial_block",
-    "buy_increment",
-    "trunk_id",
-    "valid_from",
-    "valid_to",
-    "week_start",
-    "week_end",
-)
+_DB_COLUMNS = ("rate_table_id", *plans.RATE_COLUMNS)
 
 
 # --- errors and results --------------------------------------------------------------------------
