@@ -96,6 +96,11 @@ CALLS_BILLSEC = Counter(
     "Billed seconds of answered calls (ACD = increase of this / increase of answered)",
     registry=REGISTRY,
 )
+CALLS_SHED = Counter(
+    "callgate_calls_shed",
+    "Calls refused at once because agi.max_setups calls were in set-up (overload)",
+    registry=REGISTRY,
+)
 CALL_ATTEMPTS = Counter(
     "callgate_call_attempts",
     "Calls that reached a call flow (CPS = rate of this)",
@@ -232,6 +237,13 @@ def status_label(status: str) -> str:
 
 
 # -- observations (the call flow calls these) -------------------------------------------------
+
+
+def observe_shed() -> None:
+    """A call refused at once because ``agi.max_setups`` calls were in set-up (overload)."""
+    CALLS_SHED.inc()
+    observe_attempt()
+    observe_call("ERROR", "", 0, None)
 
 
 def observe_attempt() -> None:

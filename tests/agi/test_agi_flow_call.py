@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callgate import metrics
 from callgate.agi.client import (
     AsteriskEmulator,
     ChannelSpec,
@@ -330,6 +331,7 @@ async def test_overload_refuses_new_calls_at_once_without_the_database(engine: A
     )
     server = AgiServer({"call": flows.call}, port=0)
     await server.start()
+    shed_before = metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0
     try:
         emulator = _emulator(_spec("shed-1", accountcode="1000000009"))
         result = await FakeAsterisk("127.0.0.1", server.port).call(emulator.spec, emulator)
@@ -339,5 +341,6 @@ async def test_overload_refuses_new_calls_at_once_without_the_database(engine: A
     assert emulator.variables["CALLGATE_STATUS"] == "ERROR"
     assert emulator.variables["CALLGATE_HANGUPCAUSE"] == "42"
     assert flows.shed == 1 and flows.setups == 0
+    assert (metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0) - shed_before == 1
     async with engine.connect() as conn:
         assert (await conn.execute(select(calls))).first() is None  # nothing written

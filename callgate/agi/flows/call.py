@@ -300,6 +300,7 @@ class CallFlows:
     async def _shed(self, session: AgiSession) -> None:
         """Refuse a call at once, without touching the database: callgate is overloaded."""
         self.shed += 1
+        call_metrics.observe_shed()
         calls_log.warning(
             "uniqueid=%s status=ERROR note='overloaded: %d calls in set-up'",
             session.env.uniqueid,
