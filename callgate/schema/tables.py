@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
 )
 
+from callgate.rating.model import RoutingMode as RoutingMode  # one set, the rating core's
 from callgate.schema.types import Money, UtcDateTime
 
 NAMING = {
@@ -53,12 +54,6 @@ class ExpiryMode(StrEnum):
     AT_DATE = "at_date"  # expires at expires_at
     DAYS_AFTER_FIRST_USE = "days_after_first_use"  # expiry_days after first_use_at
     DAYS_AFTER_CREATION = "days_after_creation"  # expiry_days after created_at
-
-
-class RoutingMode(StrEnum):
-    LCR = "lcr"
-    PRIORITY = "priority"
-    LCD = "lcd"
 
 
 class TrunkTechnology(StrEnum):

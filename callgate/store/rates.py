@@ -62,7 +62,6 @@ from callgate.rating import (
     PlanTable,
     PrefixIndex,
     Rate,
-    RoutingMode,
     parse_money,
 )
 from callgate.schema.tables import call_plan_rate_tables, call_plans, rate_tables, rates
@@ -935,7 +934,7 @@ async def fetch_plan_for_number(conn: AsyncConnection, plan: str | int, number: 
     try:
         return CallPlan(
             plan_row.name,
-            RoutingMode(plan_row.routing_mode.value),
+            plan_row.routing_mode,
             plan_row.max_call_seconds,
             tuple(tables),
         )
