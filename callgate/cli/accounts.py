@@ -647,18 +647,35 @@ def batch_update_cmd(
 @click.option(
     "--all", "all_", is_flag=True, help="Delete every account the criteria choose (Delete All)."
 )
+@click.option(
+    "--everything",
+    is_flag=True,
+    help="With --all and no criteria: really delete every account in the database.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete_cmd(account: str | None, all_: bool, yes: bool, **options: Any) -> None:
+def delete_cmd(
+    account: str | None, all_: bool, everything: bool, yes: bool, **options: Any
+) -> None:
     """Delete ACCOUNT, or with --all every account the criteria choose, with their dependants
-    (caller IDs, friends, IPs, contacts, payments, calls). Refused while a call is in progress."""
+    (caller IDs, friends, IPs, contacts, payments, calls). Refused while a call is in progress.
+    With no criteria at all, --all needs --everything as well."""
     criteria = criteria_from(options)
     if account is not None and not criteria.is_empty():
         raise click.UsageError("give either an ACCOUNT or search criteria, not both")
+    if account is not None and (all_ or everything):
+        raise click.UsageError("give either an ACCOUNT or --all, not both")
     if account is None and not all_:
         raise click.UsageError(
-            "to delete every account the criteria choose, add --all (with no criteria: every "
-            "account)"
+            "to delete every account the criteria choose, add --all (with no criteria it also "
+            "needs --everything)"
         )
+    if account is None and criteria.is_empty() and not everything:
+        raise click.UsageError(
+            "no criteria: --all alone would delete every account in the database; add "
+            "--everything to mean it, or give criteria (--plan, --group, --status...)"
+        )
+    if everything and not criteria.is_empty():
+        raise click.UsageError("--everything means no criteria: drop it or the criteria")
     settings = app().settings
 
     async def _count() -> tuple[int | None, str, int]:

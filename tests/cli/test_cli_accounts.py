@@ -330,7 +330,17 @@ def test_batch_update_and_delete_all(db_url: str) -> None:
     one = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"][0]["number"]
     confirmed = invoke(db_url, "accounts", "delete", one, input="y\n")
     assert confirmed.exit_code == 0 and "1 account(s) deleted" in confirmed.stderr
-    ok(db_url, "accounts", "delete", "--all", "--yes")
+    # no criteria: --all --yes alone would empty the database; it needs --everything too
+    fails(db_url, "accounts", "delete", "--all", "--yes", match="--everything", code=2)
+    fails(db_url, "accounts", "delete", one, "--all", "--yes", match="not both", code=2)
+    fails(
+        db_url,
+        *("accounts", "delete", "--plan", "retail", "--all", "--everything", "--yes"),
+        match="no criteria",
+        code=2,
+    )
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 3
+    ok(db_url, "accounts", "delete", "--all", "--everything", "--yes")
     assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 0
 
 
@@ -403,7 +413,7 @@ def test_export_csv_and_xml_parse_back_and_import_round_trips(db_url: str, tmp_p
     csv_file = tmp_path / "all.csv"
     csv_file.write_text(exported, encoding="utf-8")
     before = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"]
-    ok(db_url, "accounts", "delete", "--all", "--yes")
+    ok(db_url, "accounts", "delete", "--all", "--everything", "--yes")
     imported = ok(db_url, "accounts", "import", str(csv_file))
     assert "3 account(s) imported" in imported.stderr
     after = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"]
