@@ -783,31 +783,24 @@ def import_cmd(file: str, plan: str | None, length: int | None) -> None:
     settings = app().settings
     try:
         with click.open_file(file, "r", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = list(reader.fieldnames or [])
-            rows = [(reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise click.ClickException(f"{file}: not valid CSV ({exc}); nothing imported") from exc
+            read = store.read_import_csv(handle)
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"{file}: not UTF-8 text; nothing imported") from exc
-    if not header:
+    if not read.header:
         raise click.ClickException(f"{file} is empty: nothing imported")
 
     async def _go() -> int:
-        store.check_import_header([h.strip() for h in header])
+        store.check_import_header(read.header)
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
             default_plan = None
             if plan is not None:
                 default_plan = (await store.parse_account_fields(conn, {"plan": plan}))[
                     "call_plan_id"
                 ]
-            cleaned = [
-                (line, {(k.strip() if k is not None else None): v for k, v in row.items()})
-                for line, row in rows
-            ]
             return await store.import_accounts(
                 conn,
-                cleaned,
+                read.rows,
+                problems=read.problems,
                 default_plan_id=default_plan,
                 number_length=length or settings.billing.account_number_length,
             )

@@ -13,9 +13,10 @@ only through payments (:mod:`callgate.store.payments`).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -498,8 +499,21 @@ def _parse_choice(enum: type[StrEnum], text: str, field: str) -> Any:
         raise InvalidDataError(f"{field}: {text!r} is not one of {allowed}") from exc
 
 
+def check_opening_balance(amount: Decimal) -> None:
+    """An account opens with zero or more: a debt is an adjustment payment, not a start."""
+    if amount < 0:
+        raise InvalidDataError(
+            f"balance: an opening balance cannot be negative ({amount}); open the account, then "
+            "record the debt with `callgate payments add ACCOUNT --kind adjustment -- -AMOUNT`"
+        )
+
+
 def _plain(name: str, text: str) -> str:
     value = text if name in _NOTES else text.strip()
+    if name not in _NOTES and ("\n" in value or "\r" in value):
+        raise InvalidDataError(
+            f"{name}: a line break inside the cell (a quote left open?): {text[:40]!r}"
+        )
     column_type = accounts.c[name].type
     limit = column_type.length if isinstance(column_type, String) else None
     if limit is not None and len(value) > limit:
@@ -549,7 +563,9 @@ async def parse_account_fields(conn: AsyncConnection, raw: Mapping[str, str]) ->
             out["currency"] = await _known_currency(conn, value)
         elif name in _MONEY_FIELDS:
             amount = parse_amount(value, name)
-            if name != "balance" and amount < 0:
+            if name == "balance":
+                check_opening_balance(amount)
+            elif amount < 0:
                 raise InvalidDataError(f"{name}: cannot be negative ({value})")
             if name == "tax_percent" and amount > 100:
                 raise InvalidDataError(f"{name}: a tax rate above 100% ({value}) is a mistake")
@@ -672,6 +688,7 @@ async def open_account(
     rule's consistency check. The balance is zero unless given.
     """
     _check_expiry_fields(fields)
+    check_opening_balance(Decimal(fields.get("balance", 0)))
     account = await create_account(
         conn, call_plan_id=call_plan_id, number_length=number_length, taken=taken, **fields
     )
@@ -732,6 +749,7 @@ async def generate_accounts(
         raise InvalidDataError(f"unknown account field(s): {', '.join(sorted(unknown))}")
     generate_number(number_length)  # validates the length before any write
     _check_expiry_fields(fields)
+    check_opening_balance(Decimal(fields.get("balance", 0)))
     values = dict(fields)
     for key in ("status", "expiry_mode"):
         if key in values:
@@ -1340,6 +1358,75 @@ class AccountImportError(InvalidDataError):
         self.errors = list(errors)
 
 
+class _LineCounter:
+    """Lines handed to :mod:`csv` one at a time, counted: the physical line numbers."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class ImportFile:
+    """An import file read as CSV: its header, its rows and the lines that are not rows."""
+
+    header: list[str]
+    rows: list[tuple[int, dict[str, str]]]  # (physical line the record starts on, cells)
+    problems: list[tuple[int, str]]  # (line, what is wrong): nothing may be imported
+
+
+def read_import_csv(lines: Iterable[str]) -> ImportFile:
+    """The header and ``(line, column -> cell)`` rows of an import file, checked as CSV.
+
+    ``line`` is the physical line a record starts on (the header is line 1; a quoted cell may
+    span lines). A quote left open (which would swallow the rows after it; reading stops
+    there), a row with fewer or more cells than the header, or any other CSV error is a
+    problem naming the line; blank lines are skipped.
+    """
+    counter = _LineCounter(lines)
+    reader = csv.reader(counter, strict=True)
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    errors: list[tuple[int, str]] = []
+    while True:
+        start = counter.count + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if counter.count > start and "end of data" in str(exc):
+                problem = (
+                    f"a quote opened on this line is never closed (it runs to line "
+                    f"{counter.count}, the end of the file)"
+                )
+            else:
+                problem = f"not valid CSV ({exc})"
+            errors.append((start, problem))
+            break  # the reader cannot tell where the next record starts
+        if not cells:
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            continue
+        if len(cells) != len(header):
+            fewer = "fewer" if len(cells) < len(header) else "more"
+            errors.append(
+                (start, f"{fewer} cells than columns ({len(cells)}, the header has {len(header)})")
+            )
+            continue
+        rows.append((start, dict(zip(header, cells, strict=True))))
+    return ImportFile(header or [], rows, errors)
+
+
 def check_import_header(header: Sequence[str]) -> None:
     """The columns of an import file: known fields, exported read-only ones (ignored)."""
     known = set(TEXT_FIELDS) | set(FIELD_ALIASES) | READ_ONLY_COLUMNS
@@ -1358,25 +1445,30 @@ async def import_accounts(
     *,
     default_plan_id: int | None = None,
     number_length: int = DEFAULT_NUMBER_LENGTH,
+    problems: Iterable[tuple[int, str]] = (),
 ) -> int:
     """Create the accounts of ``(line number, column -> text)`` rows, all or nothing.
+
+    ``problems`` are lines already found bad (:attr:`ImportFile.problems`): they are reported
+    with the rest, in line order, and nothing is imported.
 
     Every row is checked first (fields, plan, duplicate numbers and aliases in the file or the
     database) and every bad line is reported as ``line N: ...`` in one :class:`AccountImportError`;
     only a clean file is written. Empty cells take the defaults (a random number or alias, zero
     balance...). Run it in one transaction; raising rolls it all back.
     """
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = list(problems)
     parsed: list[tuple[int, int, dict[str, Any]]] = []
     first_line: dict[str, int] = {}  # numbers and aliases share one space
     for line, raw in rows:
-        if None in raw:
-            errors.append(f"line {line}: more cells than columns")
+        if None in raw or any(v is None for v in raw.values()):
+            more = None in raw
+            errors.append((line, f"{'more' if more else 'fewer'} cells than columns"))
             continue
         cells = {
             k: v
             for k, v in raw.items()
-            if k is not None and k not in READ_ONLY_COLUMNS and v is not None and v.strip()
+            if k is not None and k not in READ_ONLY_COLUMNS and v.strip()
         }
         try:
             fields = await parse_account_fields(conn, cells)
@@ -1397,11 +1489,12 @@ async def import_accounts(
                 if conflict:
                     raise ConflictError(conflict)
         except (InvalidDataError, NotFoundError, ConflictError) as exc:
-            errors.append(f"line {line}: {exc}")
+            errors.append((line, str(exc)))
             continue
         parsed.append((line, plan_id, fields))
     if errors:
-        raise AccountImportError(errors)
+        errors.sort(key=lambda e: e[0])
+        raise AccountImportError([f"line {line}: {text}" for line, text in errors])
     if not parsed:
         raise InvalidDataError("the file holds no accounts")
     taken = set(first_line)

@@ -466,6 +466,65 @@ def test_import_reports_bad_lines_and_imports_nothing(db_url: str, tmp_path: Pat
     assert zed["plan"] == "wholesale"
 
 
+def test_import_refuses_open_quotes_short_rows_and_negative_balances(
+    db_url: str, tmp_path: Path
+) -> None:
+    setup_plans(db_url)
+    fails(
+        db_url,
+        *("accounts", "add", "--plan", "retail", "--balance", "-5"),
+        match="opening balance cannot be negative",
+    )
+    short = tmp_path / "short.csv"
+    short.write_text(
+        "alias,last_name,plan,balance\n"
+        "a1,Good,retail,5\n"
+        "a2,Short\n"  # too few cells: not filled with defaults
+        "a3,Owes,retail,-2\n"
+        '"a4","Notes ok",retail,0\n',
+        encoding="utf-8",
+    )
+    result = invoke(db_url, "accounts", "import", str(short))
+    assert result.exit_code == 1, result.output
+    assert "line 3: fewer cells than columns (2, the header has 4)" in result.output
+    assert "line 4: balance: an opening balance cannot be negative" in result.output
+    assert "line 2:" not in result.output and "line 5:" not in result.output
+    # an unterminated quote swallows the rows after it: refused, with the line it opens on
+    open_quote = tmp_path / "quote.csv"
+    open_quote.write_text(
+        "alias,last_name,plan\n"
+        "b1,Good,retail\n"
+        'b2,"Unclosed,retail\n'
+        "b3,Swallowed,retail\n"
+        "b4,Swallowed,retail\n",
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(open_quote), match="line 3: a quote opened")
+    # closed much later: the swallowed lines land in a name, which cannot hold line breaks
+    closed_late = tmp_path / "late.csv"
+    closed_late.write_text(
+        'alias,last_name,plan\nc1,"Runs on\nc2,Swallowed,retail\nc3",retail\nc4,Good,retail\n',
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(closed_late), match="line 2: last_name: a line break")
+    # a quoted multi-line note is fine, and the lines after it keep their physical numbers
+    notes = tmp_path / "notes.csv"
+    notes.write_text(
+        'alias,private_notes,plan\nd1,"line one\nline two",retail\nd2,,gold\n',
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(notes), match="line 4: plan: no call plan 'gold'")
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 0
+    notes.write_text(
+        'alias,private_notes,plan\nd1,"line one\nline two",retail\n\nd2,,retail\n',
+        encoding="utf-8",
+    )
+    ok(db_url, "accounts", "import", str(notes))
+    d1 = as_json(ok(db_url, "accounts", "show", "d1", "--json"))
+    assert d1["private_notes"] == "line one\nline two"
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 2
+
+
 def test_groups_callerids_contacts_and_info(db_url: str) -> None:
     setup_plans(db_url)
     ok(db_url, "accounts", "group", "add", "vip")
