@@ -181,6 +181,35 @@ def generate_number(length: int = DEFAULT_NUMBER_LENGTH) -> str:
     return str(low + secrets.randbelow(9 * low))
 
 
+def check_account_number(number: str) -> str:
+    """An account number an operator gives: ASCII digits only, no leading zero, and
+    :data:`MIN_NUMBER_LENGTH`..:data:`MAX_NUMBER_LENGTH` long (the range of
+    ``billing.account_number_length``), as generated numbers are. Returns it, or raises.
+
+    Nothing else may be a number: ``#12`` names the account with id 12, and a number that looks
+    like it (or like an alias) could send a payment or a delete to the wrong customer.
+    """
+    if not (number.isascii() and number.isdigit()):
+        raise InvalidDataError(f"number: an account number is digits only, not {number!r}")
+    if number.startswith("0"):
+        raise InvalidDataError(f"number: an account number cannot start with 0: {number!r}")
+    if not MIN_NUMBER_LENGTH <= len(number) <= MAX_NUMBER_LENGTH:
+        raise InvalidDataError(
+            f"number: an account number has {MIN_NUMBER_LENGTH}..{MAX_NUMBER_LENGTH} digits, "
+            f"not {len(number)} ({number!r})"
+        )
+    return number
+
+
+def check_alias(alias: str) -> str:
+    """An alias (login): non-empty, no spaces, not starting with ``#`` (that means an id)."""
+    if not alias or any(c.isspace() for c in alias):
+        raise InvalidDataError(f"alias: must be non-empty, without spaces: {alias!r}")
+    if alias.startswith("#"):
+        raise InvalidDataError(f"alias: cannot start with '#' (#N names account id N): {alias!r}")
+    return alias
+
+
 def generate_alias(length: int = ALIAS_LENGTH) -> str:
     """A random login of digits (A2Billing's alias), distinct in form from nothing else."""
     return generate_number(length)
@@ -271,12 +300,14 @@ async def create_account(
         if values.get("number") and values["number"] == values.get("alias"):
             raise ConflictError("an account's number and alias must differ")
         if values.get("number"):
+            check_account_number(str(values["number"]))
             conflict = await _identifier_conflict(conn, "number", values["number"])
             if conflict:
                 raise ConflictError(conflict)
         else:
             values["number"] = await _unique_random(conn, accounts.c.number, number_length, taken)
         if values.get("alias"):
+            check_alias(str(values["alias"]))
             conflict = await _identifier_conflict(conn, "alias", values["alias"])
             if conflict:
                 raise ConflictError(conflict)
@@ -336,13 +367,19 @@ async def fetch_account_by_callerid(conn: AsyncConnection, callerid: str) -> Acc
 
 
 async def find_account(conn: AsyncConnection, key: str) -> Account | None:
-    """An account by number, else by alias, else by id (``#12`` or a bare id for the CLI)."""
+    """An account by id (``#12``), else by number, else by alias.
+
+    ``#N`` always means the id: no number or alias can start with ``#`` (see
+    :func:`check_account_number`), and one stored before that rule cannot shadow an id.
+    """
+    if key.startswith("#"):
+        if not (key[1:].isascii() and key[1:].isdigit()):
+            return None
+        row = (await conn.execute(select(accounts).where(accounts.c.id == int(key[1:])))).first()
+        return None if row is None else account_from_row(row)
     account = await fetch_account_by_number(conn, key)
     if account is None:
         account = await fetch_account_by_alias(conn, key)
-    if account is None and key.startswith("#") and key[1:].isdigit():
-        row = (await conn.execute(select(accounts).where(accounts.c.id == int(key[1:])))).first()
-        account = None if row is None else account_from_row(row)
     return account
 
 
@@ -520,6 +557,10 @@ def _plain(name: str, text: str) -> str:
         raise InvalidDataError(f"{name}: longer than {limit} characters")
     if name in {"number", "alias", "language"} and (not value or any(c.isspace() for c in value)):
         raise InvalidDataError(f"{name}: must be non-empty, without spaces: {text!r}")
+    if name == "number":
+        check_account_number(value)
+    if name == "alias":
+        check_alias(value)
     if name in {"email", "paypal_email"} and value and "@" not in value:
         raise InvalidDataError(f"{name}: not an e-mail address: {text!r}")
     return value
@@ -835,6 +876,7 @@ async def update_account(conn: AsyncConnection, account_id: int, **changes: Any)
         for key in ("number", "alias"):
             value = changes.get(key)
             if value is not None and value != getattr(current, key):
+                (check_account_number if key == "number" else check_alias)(str(value))
                 conflict = await _identifier_conflict(conn, key, value)
                 if conflict:
                     raise ConflictError(conflict)

@@ -295,7 +295,7 @@ def test_batch_update_and_delete_all(db_url: str) -> None:
         "--plan",
         "retail",
         "--set",
-        "number=5",
+        "number=5555555",
         match="cannot batch-update",
     )
     result = ok(
@@ -523,6 +523,57 @@ def test_import_refuses_open_quotes_short_rows_and_negative_balances(
     d1 = as_json(ok(db_url, "accounts", "show", "d1", "--json"))
     assert d1["private_notes"] == "line one\nline two"
     assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 2
+
+
+def test_operator_account_numbers_are_digits_in_range_and_never_shadow_ids(
+    db_url: str, tmp_path: Path
+) -> None:
+    setup_plans(db_url)
+    for bad, word in [
+        ("abc", "digits only"),
+        ("#1", "digits only"),
+        ("12a4567", "digits only"),
+        ("\u0661\u0662\u0663\u0664\u0665\u0666", "digits only"),  # Arabic-Indic digits
+        ("0123456", "cannot start with 0"),
+        ("12345", "6..20 digits"),
+        ("1" * 21, "6..20 digits"),
+    ]:
+        fails(db_url, "accounts", "add", "--plan", "retail", "--number", bad, match=word)
+    fails(db_url, "accounts", "add", "--plan", "retail", "--alias", "#1", match="cannot start")
+    first = as_json(
+        ok(db_url, "accounts", "add", "--plan", "retail", "--number", "123456", "--json")
+    )["account"]
+    fails(db_url, "accounts", "update", "123456", "--number", "0123456", match="start with 0")
+    fails(db_url, "accounts", "update", "123456", "--number", "#2", match="digits only")
+    fails(db_url, "accounts", "update", "123456", "--alias", "#2", match="cannot start")
+    ok(db_url, "accounts", "update", "123456", "--number", "98765432109876543210")
+    bad = tmp_path / "numbers.csv"
+    bad.write_text(
+        "number,alias,plan\n5550001,good,retail\nabc,x1,retail\n0555000,x2,retail\n"
+        "#1,x3,retail\n,#9,retail\n",
+        encoding="utf-8",
+    )
+    result = invoke(db_url, "accounts", "import", str(bad))
+    assert result.exit_code == 1, result.output
+    for line, word in [(3, "digits only"), (4, "start with 0"), (5, "digits only"), (6, "'#'")]:
+        assert f"line {line}: " in result.output and word in result.output, (line, result.output)
+    assert "line 2:" not in result.output
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 1
+    # a '#1' number stored before these rules cannot shadow the account with id 1
+    run_sql(
+        db_url,
+        insert(accounts).values(
+            number=f"#{first['id']}",
+            alias="legacy",
+            call_plan_id=first["call_plan_id"],
+            currency="USD",
+        ),
+    )
+    shown = as_json(ok(db_url, "accounts", "show", f"#{first['id']}", "--json"))
+    assert shown["id"] == first["id"] and shown["number"] == "98765432109876543210"
+    paid = as_json(ok(db_url, "payments", "add", f"#{first['id']}", "5", "--json"))
+    assert paid["account_id"] == first["id"]
+    fails(db_url, "accounts", "show", "#x", match="no account")
 
 
 def test_groups_callerids_contacts_and_info(db_url: str) -> None:
