@@ -529,7 +529,7 @@ def test_operator_account_numbers_are_digits_in_range_and_never_shadow_ids(
     db_url: str, tmp_path: Path
 ) -> None:
     setup_plans(db_url)
-    for bad, word in [
+    for wrong, word in [
         ("abc", "digits only"),
         ("#1", "digits only"),
         ("12a4567", "digits only"),
@@ -538,7 +538,7 @@ def test_operator_account_numbers_are_digits_in_range_and_never_shadow_ids(
         ("12345", "6..20 digits"),
         ("1" * 21, "6..20 digits"),
     ]:
-        fails(db_url, "accounts", "add", "--plan", "retail", "--number", bad, match=word)
+        fails(db_url, "accounts", "add", "--plan", "retail", "--number", wrong, match=word)
     fails(db_url, "accounts", "add", "--plan", "retail", "--alias", "#1", match="cannot start")
     first = as_json(
         ok(db_url, "accounts", "add", "--plan", "retail", "--number", "123456", "--json")
