@@ -215,8 +215,21 @@ def generate_alias(length: int = ALIAS_LENGTH) -> str:
     return generate_number(length)
 
 
-async def _exists(conn: AsyncConnection, column: Any, value: str) -> bool:
-    found = await conn.scalar(select(accounts.c.id).where(column == value).limit(1))
+def _same_login(column: Any, value: Any) -> Any:
+    """``column = value``; for the alias (a login) whatever the case, as its unique index on
+    ``lower(alias)`` compares (the database's own ``lower``: SQLite folds ASCII letters only)."""
+    if column is accounts.c.alias:
+        return func.lower(column) == func.lower(value)
+    return column == value
+
+
+async def _exists(
+    conn: AsyncConnection, column: Any, value: str, *, exclude_id: int | None = None
+) -> bool:
+    query = select(accounts.c.id).where(_same_login(column, value))
+    if exclude_id is not None:
+        query = query.where(accounts.c.id != exclude_id)
+    found = await conn.scalar(query.limit(1))
     return found is not None
 
 
@@ -235,17 +248,20 @@ async def _used_identifiers(conn: AsyncConnection, values: Iterable[str]) -> set
     return used
 
 
-async def _identifier_conflict(conn: AsyncConnection, key: str, value: str) -> str | None:
-    """Why ``value`` cannot be an account's ``key`` (number or alias), or None."""
+async def _identifier_conflict(
+    conn: AsyncConnection, key: str, value: str, *, exclude_id: int | None = None
+) -> str | None:
+    """Why ``value`` cannot be an account's ``key`` (number or alias), or None. Aliases compare
+    whatever their case (``ALICE`` is ``alice``); ``exclude_id`` is the account itself."""
     own, other = (
         (accounts.c.number, accounts.c.alias)
         if key == "number"
         else (accounts.c.alias, accounts.c.number)
     )
     label = "account number" if key == "number" else "alias"
-    if await _exists(conn, own, value):
-        return f"{label} {value!r} is taken"
-    if await _exists(conn, other, value):
+    if await _exists(conn, own, value, exclude_id=exclude_id):
+        return f"{label} {value!r} is taken" + (" (in another case)" if key == "alias" else "")
+    if await _exists(conn, other, value, exclude_id=exclude_id):
         other_label = "an alias" if key == "number" else "an account number"
         return f"{label} {value!r} is taken: it is {other_label}"
     return None
@@ -340,7 +356,7 @@ async def fetch_account(conn: AsyncConnection, account_id: int) -> Account:
 
 # Built once: every call looks an account up (see callgate/store/ledger.py on why).
 _BY_NUMBER = select(accounts).where(accounts.c.number == bindparam("key"))
-_BY_ALIAS = select(accounts).where(accounts.c.alias == bindparam("key"))
+_BY_ALIAS = select(accounts).where(func.lower(accounts.c.alias) == func.lower(bindparam("key")))
 _BY_CALLERID = (
     select(accounts)
     .join(account_callerids, account_callerids.c.account_id == accounts.c.id)
@@ -358,6 +374,8 @@ async def fetch_account_by_number(conn: AsyncConnection, number: str) -> Account
 
 
 async def fetch_account_by_alias(conn: AsyncConnection, alias: str) -> Account | None:
+    """The account whose alias (login) is ``alias`` whatever the case (one at most: the unique
+    index on ``lower(alias)``)."""
     return await _fetch_one(conn, _BY_ALIAS, alias)
 
 
@@ -872,12 +890,16 @@ async def update_account(conn: AsyncConnection, account_id: int, **changes: Any)
         changes.get("expires_at", current.expires_at),
         changes.get("expiry_days", current.expiry_days),
     )
+    number = str(changes.get("number") or current.number)
+    alias = str(changes.get("alias") or current.alias)
+    if number.lower() == alias.lower():
+        raise ConflictError("an account's number and alias must differ")
     async with mapped_errors(f"account {current.number}"):
         for key in ("number", "alias"):
             value = changes.get(key)
             if value is not None and value != getattr(current, key):
                 (check_account_number if key == "number" else check_alias)(str(value))
-                conflict = await _identifier_conflict(conn, key, value)
+                conflict = await _identifier_conflict(conn, key, value, exclude_id=account_id)
                 if conflict:
                     raise ConflictError(conflict)
         if "call_plan_id" in changes:
@@ -1062,7 +1084,7 @@ async def list_accounts(
         SortKey.ID: accounts.c.id,
         SortKey.NUMBER: accounts.c.number,
         SortKey.ALIAS: accounts.c.alias,
-        SortKey.LAST_NAME: accounts.c.last_name,
+        SortKey.LAST_NAME: func.lower(accounts.c.last_name),  # Martin beside martin, not after Z
         SortKey.GROUP: customer_groups.c.name,
         SortKey.BALANCE: accounts.c.balance,
         SortKey.BALANCE_CURRENCY: cast(accounts.c.balance, exact) / cast(currencies.c.value, exact),
@@ -1524,7 +1546,7 @@ async def import_accounts(
                 value = fields.get(key)
                 if value is None:
                     continue
-                earlier = first_line.setdefault(value, line)
+                earlier = first_line.setdefault(value.lower(), line)
                 if earlier != line:
                     raise ConflictError(f"{key} {value!r} repeats line {earlier}")
                 conflict = await _identifier_conflict(conn, key, value)

@@ -576,6 +576,50 @@ def test_operator_account_numbers_are_digits_in_range_and_never_shadow_ids(
     fails(db_url, "accounts", "show", "#x", match="no account")
 
 
+def test_logins_are_one_login_whatever_their_case(db_url: str, tmp_path: Path) -> None:
+    setup_plans(db_url)
+    for alias, last in (("alice", "carter"), ("bob@example.com", "Baker"), ("cat", "adams")):
+        ok(db_url, "accounts", "add", "--plan", "retail", "--alias", alias, "--last-name", last)
+    fails(db_url, "accounts", "add", "--plan", "retail", "--alias", "ALICE", match="taken")
+    fails(
+        db_url,
+        *("accounts", "add", "--plan", "retail", "--email", "Bob@Example.COM", "--email-login"),
+        match="taken",
+    )
+    fails(db_url, "accounts", "update", "cat", "--alias", "Alice", match="taken")
+    # found in any case, by the commands and the search criteria
+    assert as_json(ok(db_url, "accounts", "show", "ALICE", "--json"))["alias"] == "alice"
+    assert as_json(ok(db_url, "accounts", "show", "BOB@example.com", "--json"))["last_name"] == (
+        "Baker"
+    )
+    found = as_json(ok(db_url, "accounts", "list", "--alias", "Alice", "--json"))["accounts"]
+    assert [a["alias"] for a in found] == ["alice"]
+    # an account may change the case of its own login
+    ok(db_url, "accounts", "update", "alice", "--alias", "Alice")
+    assert as_json(ok(db_url, "accounts", "show", "alice", "--json"))["alias"] == "Alice"
+    # the last-name sort ignores case: adams, Baker, carter (not Baker, adams, carter)
+    listed = as_json(ok(db_url, "accounts", "list", "--sort", "last_name", "--json"))
+    assert [a["last_name"] for a in listed["accounts"]] == ["adams", "Baker", "carter"]
+    desc = as_json(ok(db_url, "accounts", "list", "--sort", "last_name", "--desc", "--json"))
+    assert [a["last_name"] for a in desc["accounts"]] == ["carter", "Baker", "adams"]
+    # import: against the database and within the file
+    deck = tmp_path / "case.csv"
+    deck.write_text("alias,plan\nCAT,retail\ndan,retail\nDAN,retail\n", encoding="utf-8")
+    result = invoke(db_url, "accounts", "import", str(deck))
+    assert result.exit_code == 1, result.output
+    assert "line 2: alias 'CAT' is taken" in result.output
+    assert "line 4: alias 'DAN' repeats line 3" in result.output
+    # contacts: the portal login e-mail, in any case
+    ok(db_url, "accounts", "contact", "add", "cat", "--name", "Cat", "--email", "Cat@Example.com")
+    fails(
+        db_url,
+        *("accounts", "contact", "add", "alice", "--name", "C", "--email", "CAT@example.COM"),
+        match="exists",
+    )
+    ok(db_url, "accounts", "contact", "remove", "cat", "CAT@EXAMPLE.COM")
+    assert as_json(ok(db_url, "accounts", "contact", "list", "cat", "--json")) == []
+
+
 def test_groups_callerids_contacts_and_info(db_url: str) -> None:
     setup_plans(db_url)
     ok(db_url, "accounts", "group", "add", "vip")
