@@ -253,7 +253,11 @@ def _info_json(info: AccountInfo) -> dict[str, Any]:
 
 @accounts.command("add")
 @click.option("--plan", default=None, help="Call plan name (required: configure it first).")
-@click.option("--number", default=None, help="Account number (default: random, CSPRNG).")
+@click.option(
+    "--number",
+    default=None,
+    help="Account number: 6..20 digits, no leading 0 (default: random, CSPRNG).",
+)
 @click.option(
     "--length",
     type=int,
@@ -458,7 +462,9 @@ def info_cmd(account: str, last: int, as_json: bool) -> None:
 @accounts.command("update")
 @click.argument("account")
 @click.option("--plan", default=None, help="Call plan name.")
-@click.option("--number", default=None, help="New account number (unique).")
+@click.option(
+    "--number", default=None, help="New account number (unique; 6..20 digits, no leading 0)."
+)
 @field_options
 @_json_option
 def update_cmd(
