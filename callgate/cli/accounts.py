@@ -253,7 +253,11 @@ def _info_json(info: AccountInfo) -> dict[str, Any]:
 
 @accounts.command("add")
 @click.option("--plan", default=None, help="Call plan name (required: configure it first).")
-@click.option("--number", default=None, help="Account number (default: random, CSPRNG).")
+@click.option(
+    "--number",
+    default=None,
+    help="Account number: 6..20 digits, no leading 0 (default: random, CSPRNG).",
+)
 @click.option(
     "--length",
     type=int,
@@ -458,7 +462,9 @@ def info_cmd(account: str, last: int, as_json: bool) -> None:
 @accounts.command("update")
 @click.argument("account")
 @click.option("--plan", default=None, help="Call plan name.")
-@click.option("--number", default=None, help="New account number (unique).")
+@click.option(
+    "--number", default=None, help="New account number (unique; 6..20 digits, no leading 0)."
+)
 @field_options
 @_json_option
 def update_cmd(
@@ -647,18 +653,35 @@ def batch_update_cmd(
 @click.option(
     "--all", "all_", is_flag=True, help="Delete every account the criteria choose (Delete All)."
 )
+@click.option(
+    "--everything",
+    is_flag=True,
+    help="With --all and no criteria: really delete every account in the database.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete_cmd(account: str | None, all_: bool, yes: bool, **options: Any) -> None:
+def delete_cmd(
+    account: str | None, all_: bool, everything: bool, yes: bool, **options: Any
+) -> None:
     """Delete ACCOUNT, or with --all every account the criteria choose, with their dependants
-    (caller IDs, friends, IPs, contacts, payments, calls). Refused while a call is in progress."""
+    (caller IDs, friends, IPs, contacts, payments, calls). Refused while a call is in progress.
+    With no criteria at all, --all needs --everything as well."""
     criteria = criteria_from(options)
     if account is not None and not criteria.is_empty():
         raise click.UsageError("give either an ACCOUNT or search criteria, not both")
+    if account is not None and (all_ or everything):
+        raise click.UsageError("give either an ACCOUNT or --all, not both")
     if account is None and not all_:
         raise click.UsageError(
-            "to delete every account the criteria choose, add --all (with no criteria: every "
-            "account)"
+            "to delete every account the criteria choose, add --all (with no criteria it also "
+            "needs --everything)"
         )
+    if account is None and criteria.is_empty() and not everything:
+        raise click.UsageError(
+            "no criteria: --all alone would delete every account in the database; add "
+            "--everything to mean it, or give criteria (--plan, --group, --status...)"
+        )
+    if everything and not criteria.is_empty():
+        raise click.UsageError("--everything means no criteria: drop it or the criteria")
     settings = app().settings
 
     async def _count() -> tuple[int | None, str, int]:
@@ -766,31 +789,24 @@ def import_cmd(file: str, plan: str | None, length: int | None) -> None:
     settings = app().settings
     try:
         with click.open_file(file, "r", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = list(reader.fieldnames or [])
-            rows = [(reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise click.ClickException(f"{file}: not valid CSV ({exc}); nothing imported") from exc
+            read = store.read_import_csv(handle)
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"{file}: not UTF-8 text; nothing imported") from exc
-    if not header:
+    if not read.header:
         raise click.ClickException(f"{file} is empty: nothing imported")
 
     async def _go() -> int:
-        store.check_import_header([h.strip() for h in header])
+        store.check_import_header(read.header)
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
             default_plan = None
             if plan is not None:
                 default_plan = (await store.parse_account_fields(conn, {"plan": plan}))[
                     "call_plan_id"
                 ]
-            cleaned = [
-                (line, {(k.strip() if k is not None else None): v for k, v in row.items()})
-                for line, row in rows
-            ]
             return await store.import_accounts(
                 conn,
-                cleaned,
+                read.rows,
+                problems=read.problems,
                 default_plan_id=default_plan,
                 number_length=length or settings.billing.account_number_length,
             )

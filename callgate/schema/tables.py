@@ -335,6 +335,8 @@ accounts = Table(
 )
 Index("ix_accounts_call_plan", accounts.c.call_plan_id)
 Index("ix_accounts_group", accounts.c.group_id)
+# a login is one login whatever its case: ALICE cannot sit beside alice (migration 0003)
+Index("ux_accounts_alias_lower", func.lower(accounts.c.alias), unique=True)
 
 account_callerids = Table(
     "account_callerids",
@@ -434,6 +436,7 @@ contacts = Table(
     _created(),
 )
 Index("ix_contacts_account", contacts.c.account_id)
+Index("ux_contacts_email_lower", func.lower(contacts.c.email), unique=True)
 
 payments = Table(
     "payments",

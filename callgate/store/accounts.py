@@ -13,9 +13,10 @@ only through payments (:mod:`callgate.store.payments`).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -180,13 +181,55 @@ def generate_number(length: int = DEFAULT_NUMBER_LENGTH) -> str:
     return str(low + secrets.randbelow(9 * low))
 
 
+def check_account_number(number: str) -> str:
+    """An account number an operator gives: ASCII digits only, no leading zero, and
+    :data:`MIN_NUMBER_LENGTH`..:data:`MAX_NUMBER_LENGTH` long (the range of
+    ``billing.account_number_length``), as generated numbers are. Returns it, or raises.
+
+    Nothing else may be a number: ``#12`` names the account with id 12, and a number that looks
+    like it (or like an alias) could send a payment or a delete to the wrong customer.
+    """
+    if not (number.isascii() and number.isdigit()):
+        raise InvalidDataError(f"number: an account number is digits only, not {number!r}")
+    if number.startswith("0"):
+        raise InvalidDataError(f"number: an account number cannot start with 0: {number!r}")
+    if not MIN_NUMBER_LENGTH <= len(number) <= MAX_NUMBER_LENGTH:
+        raise InvalidDataError(
+            f"number: an account number has {MIN_NUMBER_LENGTH}..{MAX_NUMBER_LENGTH} digits, "
+            f"not {len(number)} ({number!r})"
+        )
+    return number
+
+
+def check_alias(alias: str) -> str:
+    """An alias (login): non-empty, no spaces, not starting with ``#`` (that means an id)."""
+    if not alias or any(c.isspace() for c in alias):
+        raise InvalidDataError(f"alias: must be non-empty, without spaces: {alias!r}")
+    if alias.startswith("#"):
+        raise InvalidDataError(f"alias: cannot start with '#' (#N names account id N): {alias!r}")
+    return alias
+
+
 def generate_alias(length: int = ALIAS_LENGTH) -> str:
     """A random login of digits (A2Billing's alias), distinct in form from nothing else."""
     return generate_number(length)
 
 
-async def _exists(conn: AsyncConnection, column: Any, value: str) -> bool:
-    found = await conn.scalar(select(accounts.c.id).where(column == value).limit(1))
+def _same_login(column: Any, value: Any) -> Any:
+    """``column = value``; for the alias (a login) whatever the case, as its unique index on
+    ``lower(alias)`` compares (the database's own ``lower``: SQLite folds ASCII letters only)."""
+    if column is accounts.c.alias:
+        return func.lower(column) == func.lower(value)
+    return column == value
+
+
+async def _exists(
+    conn: AsyncConnection, column: Any, value: str, *, exclude_id: int | None = None
+) -> bool:
+    query = select(accounts.c.id).where(_same_login(column, value))
+    if exclude_id is not None:
+        query = query.where(accounts.c.id != exclude_id)
+    found = await conn.scalar(query.limit(1))
     return found is not None
 
 
@@ -205,17 +248,20 @@ async def _used_identifiers(conn: AsyncConnection, values: Iterable[str]) -> set
     return used
 
 
-async def _identifier_conflict(conn: AsyncConnection, key: str, value: str) -> str | None:
-    """Why ``value`` cannot be an account's ``key`` (number or alias), or None."""
+async def _identifier_conflict(
+    conn: AsyncConnection, key: str, value: str, *, exclude_id: int | None = None
+) -> str | None:
+    """Why ``value`` cannot be an account's ``key`` (number or alias), or None. Aliases compare
+    whatever their case (``ALICE`` is ``alice``); ``exclude_id`` is the account itself."""
     own, other = (
         (accounts.c.number, accounts.c.alias)
         if key == "number"
         else (accounts.c.alias, accounts.c.number)
     )
     label = "account number" if key == "number" else "alias"
-    if await _exists(conn, own, value):
-        return f"{label} {value!r} is taken"
-    if await _exists(conn, other, value):
+    if await _exists(conn, own, value, exclude_id=exclude_id):
+        return f"{label} {value!r} is taken" + (" (in another case)" if key == "alias" else "")
+    if await _exists(conn, other, value, exclude_id=exclude_id):
         other_label = "an alias" if key == "number" else "an account number"
         return f"{label} {value!r} is taken: it is {other_label}"
     return None
@@ -270,12 +316,14 @@ async def create_account(
         if values.get("number") and values["number"] == values.get("alias"):
             raise ConflictError("an account's number and alias must differ")
         if values.get("number"):
+            check_account_number(str(values["number"]))
             conflict = await _identifier_conflict(conn, "number", values["number"])
             if conflict:
                 raise ConflictError(conflict)
         else:
             values["number"] = await _unique_random(conn, accounts.c.number, number_length, taken)
         if values.get("alias"):
+            check_alias(str(values["alias"]))
             conflict = await _identifier_conflict(conn, "alias", values["alias"])
             if conflict:
                 raise ConflictError(conflict)
@@ -308,7 +356,7 @@ async def fetch_account(conn: AsyncConnection, account_id: int) -> Account:
 
 # Built once: every call looks an account up (see callgate/store/ledger.py on why).
 _BY_NUMBER = select(accounts).where(accounts.c.number == bindparam("key"))
-_BY_ALIAS = select(accounts).where(accounts.c.alias == bindparam("key"))
+_BY_ALIAS = select(accounts).where(func.lower(accounts.c.alias) == func.lower(bindparam("key")))
 _BY_CALLERID = (
     select(accounts)
     .join(account_callerids, account_callerids.c.account_id == accounts.c.id)
@@ -326,6 +374,8 @@ async def fetch_account_by_number(conn: AsyncConnection, number: str) -> Account
 
 
 async def fetch_account_by_alias(conn: AsyncConnection, alias: str) -> Account | None:
+    """The account whose alias (login) is ``alias`` whatever the case (one at most: the unique
+    index on ``lower(alias)``)."""
     return await _fetch_one(conn, _BY_ALIAS, alias)
 
 
@@ -335,13 +385,19 @@ async def fetch_account_by_callerid(conn: AsyncConnection, callerid: str) -> Acc
 
 
 async def find_account(conn: AsyncConnection, key: str) -> Account | None:
-    """An account by number, else by alias, else by id (``#12`` or a bare id for the CLI)."""
+    """An account by id (``#12``), else by number, else by alias.
+
+    ``#N`` always means the id: no number or alias can start with ``#`` (see
+    :func:`check_account_number`), and one stored before that rule cannot shadow an id.
+    """
+    if key.startswith("#"):
+        if not (key[1:].isascii() and key[1:].isdigit()):
+            return None
+        row = (await conn.execute(select(accounts).where(accounts.c.id == int(key[1:])))).first()
+        return None if row is None else account_from_row(row)
     account = await fetch_account_by_number(conn, key)
     if account is None:
         account = await fetch_account_by_alias(conn, key)
-    if account is None and key.startswith("#") and key[1:].isdigit():
-        row = (await conn.execute(select(accounts).where(accounts.c.id == int(key[1:])))).first()
-        account = None if row is None else account_from_row(row)
     return account
 
 
@@ -498,14 +554,31 @@ def _parse_choice(enum: type[StrEnum], text: str, field: str) -> Any:
         raise InvalidDataError(f"{field}: {text!r} is not one of {allowed}") from exc
 
 
+def check_opening_balance(amount: Decimal) -> None:
+    """An account opens with zero or more: a debt is an adjustment payment, not a start."""
+    if amount < 0:
+        raise InvalidDataError(
+            f"balance: an opening balance cannot be negative ({amount}); open the account, then "
+            "record the debt with `callgate payments add ACCOUNT --kind adjustment -- -AMOUNT`"
+        )
+
+
 def _plain(name: str, text: str) -> str:
     value = text if name in _NOTES else text.strip()
+    if name not in _NOTES and ("\n" in value or "\r" in value):
+        raise InvalidDataError(
+            f"{name}: a line break inside the cell (a quote left open?): {text[:40]!r}"
+        )
     column_type = accounts.c[name].type
     limit = column_type.length if isinstance(column_type, String) else None
     if limit is not None and len(value) > limit:
         raise InvalidDataError(f"{name}: longer than {limit} characters")
     if name in {"number", "alias", "language"} and (not value or any(c.isspace() for c in value)):
         raise InvalidDataError(f"{name}: must be non-empty, without spaces: {text!r}")
+    if name == "number":
+        check_account_number(value)
+    if name == "alias":
+        check_alias(value)
     if name in {"email", "paypal_email"} and value and "@" not in value:
         raise InvalidDataError(f"{name}: not an e-mail address: {text!r}")
     return value
@@ -549,7 +622,9 @@ async def parse_account_fields(conn: AsyncConnection, raw: Mapping[str, str]) ->
             out["currency"] = await _known_currency(conn, value)
         elif name in _MONEY_FIELDS:
             amount = parse_amount(value, name)
-            if name != "balance" and amount < 0:
+            if name == "balance":
+                check_opening_balance(amount)
+            elif amount < 0:
                 raise InvalidDataError(f"{name}: cannot be negative ({value})")
             if name == "tax_percent" and amount > 100:
                 raise InvalidDataError(f"{name}: a tax rate above 100% ({value}) is a mistake")
@@ -672,6 +747,7 @@ async def open_account(
     rule's consistency check. The balance is zero unless given.
     """
     _check_expiry_fields(fields)
+    check_opening_balance(Decimal(fields.get("balance", 0)))
     account = await create_account(
         conn, call_plan_id=call_plan_id, number_length=number_length, taken=taken, **fields
     )
@@ -732,6 +808,7 @@ async def generate_accounts(
         raise InvalidDataError(f"unknown account field(s): {', '.join(sorted(unknown))}")
     generate_number(number_length)  # validates the length before any write
     _check_expiry_fields(fields)
+    check_opening_balance(Decimal(fields.get("balance", 0)))
     values = dict(fields)
     for key in ("status", "expiry_mode"):
         if key in values:
@@ -813,11 +890,16 @@ async def update_account(conn: AsyncConnection, account_id: int, **changes: Any)
         changes.get("expires_at", current.expires_at),
         changes.get("expiry_days", current.expiry_days),
     )
+    number = str(changes.get("number") or current.number)
+    alias = str(changes.get("alias") or current.alias)
+    if number.lower() == alias.lower():
+        raise ConflictError("an account's number and alias must differ")
     async with mapped_errors(f"account {current.number}"):
         for key in ("number", "alias"):
             value = changes.get(key)
             if value is not None and value != getattr(current, key):
-                conflict = await _identifier_conflict(conn, key, value)
+                (check_account_number if key == "number" else check_alias)(str(value))
+                conflict = await _identifier_conflict(conn, key, value, exclude_id=account_id)
                 if conflict:
                     raise ConflictError(conflict)
         if "call_plan_id" in changes:
@@ -1002,7 +1084,7 @@ async def list_accounts(
         SortKey.ID: accounts.c.id,
         SortKey.NUMBER: accounts.c.number,
         SortKey.ALIAS: accounts.c.alias,
-        SortKey.LAST_NAME: accounts.c.last_name,
+        SortKey.LAST_NAME: func.lower(accounts.c.last_name),  # Martin beside martin, not after Z
         SortKey.GROUP: customer_groups.c.name,
         SortKey.BALANCE: accounts.c.balance,
         SortKey.BALANCE_CURRENCY: cast(accounts.c.balance, exact) / cast(currencies.c.value, exact),
@@ -1340,6 +1422,75 @@ class AccountImportError(InvalidDataError):
         self.errors = list(errors)
 
 
+class _LineCounter:
+    """Lines handed to :mod:`csv` one at a time, counted: the physical line numbers."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class ImportFile:
+    """An import file read as CSV: its header, its rows and the lines that are not rows."""
+
+    header: list[str]
+    rows: list[tuple[int, dict[str, str]]]  # (physical line the record starts on, cells)
+    problems: list[tuple[int, str]]  # (line, what is wrong): nothing may be imported
+
+
+def read_import_csv(lines: Iterable[str]) -> ImportFile:
+    """The header and ``(line, column -> cell)`` rows of an import file, checked as CSV.
+
+    ``line`` is the physical line a record starts on (the header is line 1; a quoted cell may
+    span lines). A quote left open (which would swallow the rows after it; reading stops
+    there), a row with fewer or more cells than the header, or any other CSV error is a
+    problem naming the line; blank lines are skipped.
+    """
+    counter = _LineCounter(lines)
+    reader = csv.reader(counter, strict=True)
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    errors: list[tuple[int, str]] = []
+    while True:
+        start = counter.count + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if counter.count > start and "end of data" in str(exc):
+                problem = (
+                    f"a quote opened on this line is never closed (it runs to line "
+                    f"{counter.count}, the end of the file)"
+                )
+            else:
+                problem = f"not valid CSV ({exc})"
+            errors.append((start, problem))
+            break  # the reader cannot tell where the next record starts
+        if not cells:
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            continue
+        if len(cells) != len(header):
+            fewer = "fewer" if len(cells) < len(header) else "more"
+            errors.append(
+                (start, f"{fewer} cells than columns ({len(cells)}, the header has {len(header)})")
+            )
+            continue
+        rows.append((start, dict(zip(header, cells, strict=True))))
+    return ImportFile(header or [], rows, errors)
+
+
 def check_import_header(header: Sequence[str]) -> None:
     """The columns of an import file: known fields, exported read-only ones (ignored)."""
     known = set(TEXT_FIELDS) | set(FIELD_ALIASES) | READ_ONLY_COLUMNS
@@ -1358,25 +1509,30 @@ async def import_accounts(
     *,
     default_plan_id: int | None = None,
     number_length: int = DEFAULT_NUMBER_LENGTH,
+    problems: Iterable[tuple[int, str]] = (),
 ) -> int:
     """Create the accounts of ``(line number, column -> text)`` rows, all or nothing.
+
+    ``problems`` are lines already found bad (:attr:`ImportFile.problems`): they are reported
+    with the rest, in line order, and nothing is imported.
 
     Every row is checked first (fields, plan, duplicate numbers and aliases in the file or the
     database) and every bad line is reported as ``line N: ...`` in one :class:`AccountImportError`;
     only a clean file is written. Empty cells take the defaults (a random number or alias, zero
     balance...). Run it in one transaction; raising rolls it all back.
     """
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = list(problems)
     parsed: list[tuple[int, int, dict[str, Any]]] = []
     first_line: dict[str, int] = {}  # numbers and aliases share one space
     for line, raw in rows:
-        if None in raw:
-            errors.append(f"line {line}: more cells than columns")
+        if None in raw or any(v is None for v in raw.values()):
+            more = None in raw
+            errors.append((line, f"{'more' if more else 'fewer'} cells than columns"))
             continue
         cells = {
             k: v
             for k, v in raw.items()
-            if k is not None and k not in READ_ONLY_COLUMNS and v is not None and v.strip()
+            if k is not None and k not in READ_ONLY_COLUMNS and v.strip()
         }
         try:
             fields = await parse_account_fields(conn, cells)
@@ -1390,18 +1546,19 @@ async def import_accounts(
                 value = fields.get(key)
                 if value is None:
                     continue
-                earlier = first_line.setdefault(value, line)
+                earlier = first_line.setdefault(value.lower(), line)
                 if earlier != line:
                     raise ConflictError(f"{key} {value!r} repeats line {earlier}")
                 conflict = await _identifier_conflict(conn, key, value)
                 if conflict:
                     raise ConflictError(conflict)
         except (InvalidDataError, NotFoundError, ConflictError) as exc:
-            errors.append(f"line {line}: {exc}")
+            errors.append((line, str(exc)))
             continue
         parsed.append((line, plan_id, fields))
     if errors:
-        raise AccountImportError(errors)
+        errors.sort(key=lambda e: e[0])
+        raise AccountImportError([f"line {line}: {text}" for line, text in errors])
     if not parsed:
         raise InvalidDataError("the file holds no accounts")
     taken = set(first_line)

@@ -12,8 +12,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import contacts
@@ -112,7 +113,7 @@ async def add_contact(
     elif len(password) < 8:
         raise InvalidDataError("a contact password needs at least 8 characters")
     async with mapped_errors(f"contact {email}"):
-        if await conn.scalar(select(contacts.c.id).where(contacts.c.email == email)):
+        if await conn.scalar(select(contacts.c.id).where(_email_is(email))):
             raise ConflictError(f"a contact with e-mail {email!r} exists")
         row = (
             await conn.execute(
@@ -131,6 +132,12 @@ async def add_contact(
     return _contact(row), generated
 
 
+def _email_is(email: str) -> Any:
+    """The contact whose e-mail (the portal login) is ``email``, whatever the case, as the
+    unique index on ``lower(email)`` compares."""
+    return func.lower(contacts.c.email) == func.lower(email.strip())
+
+
 async def list_contacts(conn: AsyncConnection, account_id: int) -> list[Contact]:
     query = select(contacts).where(contacts.c.account_id == account_id).order_by(contacts.c.id)
     return [_contact(r) for r in await conn.execute(query)]
@@ -138,11 +145,7 @@ async def list_contacts(conn: AsyncConnection, account_id: int) -> list[Contact]
 
 async def fetch_contact_hash(conn: AsyncConnection, email: str) -> str | None:
     """The stored password hash of a contact (for the portal's login check)."""
-    row = (
-        await conn.execute(
-            select(contacts.c.password_hash).where(contacts.c.email == email.strip().lower())
-        )
-    ).first()
+    row = (await conn.execute(select(contacts.c.password_hash).where(_email_is(email)))).first()
     if row is None:
         raise NotFoundError(f"no contact with e-mail {email!r}")
     return None if row[0] is None else str(row[0])
@@ -150,7 +153,7 @@ async def fetch_contact_hash(conn: AsyncConnection, email: str) -> str | None:
 
 async def remove_contact(conn: AsyncConnection, account_id: int, key: str) -> None:
     """Remove a contact of the account, by e-mail or id."""
-    where = contacts.c.email == key.strip().lower()
+    where = _email_is(key)
     if key.isdigit():
         where = contacts.c.id == int(key)
     result = await conn.execute(delete(contacts).where(where, contacts.c.account_id == account_id))

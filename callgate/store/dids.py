@@ -50,11 +50,36 @@ def parse_destination(text: str) -> tuple[DestinationKind, str]:
     )
 
 
+# a DID as people write it: an optional leading +, groups of digits (one may be in brackets)
+# with at most one space, dash or dot between groups: +1 (555) 123-0000, 44 20 7946 0000
+_DID_GROUP = r"(?:\([0-9]+\)|[0-9]+)"
+_DID_TEXT = re.compile(rf"\+?{_DID_GROUP}(?:[ .\-]?{_DID_GROUP})*")
+DID_MIN_DIGITS = 3
+DID_MAX_DIGITS = 32  # dids.number is String(32)
+
+
 def normalise_did(number: str) -> str:
-    """The DID's digits (a leading ``+`` and separators dropped)."""
-    digits = "".join(ch for ch in number if ch.isdigit())
-    if not digits:
-        raise InvalidDataError(f"not a DID number: {number!r}")
+    """The DID's digits, with the usual visual separators dropped.
+
+    Anything else is refused rather than rewritten (``44-hello-9`` is not DID 449): ASCII digits
+    only, one optional leading ``+``, a single space, dash or dot between groups of digits, a
+    group possibly in brackets (``+1 (555) 123-0000``), and
+    :data:`DID_MIN_DIGITS`..:data:`DID_MAX_DIGITS` digits in all. Only characters that can never
+    be part of a number are dropped, so no two different texts a person means as different
+    numbers become one DID.
+    """
+    text = number.strip()
+    if not (text.isascii() and _DID_TEXT.fullmatch(text)):
+        raise InvalidDataError(
+            f"not a DID number: {number!r} (digits with an optional leading +; a space, dash, "
+            "dot or brackets may only separate groups of digits)"
+        )
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not DID_MIN_DIGITS <= len(digits) <= DID_MAX_DIGITS:
+        raise InvalidDataError(
+            f"not a DID number: {number!r} has {len(digits)} digits "
+            f"({DID_MIN_DIGITS}..{DID_MAX_DIGITS})"
+        )
     return digits
 
 

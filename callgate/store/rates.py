@@ -14,7 +14,9 @@ wall clock (``settings.billing.timezone``) and stored in UTC. Every row becomes 
 refused: RATING.md "we differ" #4). An import is all or nothing: the rows go in inside the
 caller's transaction and the first bad line (reported with its line number and column, with up
 to `MAX_PROBLEMS` more) aborts it. ``replace=True`` deletes the table's rates in the same
-transaction, so readers see the old table or the new one, never half of either.
+transaction, so readers see the old table or the new one, never half of either. A prefix may
+appear once per validity (dates and week window, `validity_key`) in a table: twice in a deck,
+or (without ``replace``) once in the deck and once in the table, is a bad line.
 
 PostgreSQL loads with ``COPY`` (asyncpg ``copy_records_to_table`` on the transaction's own
 connection); SQLite with ``executemany`` in big batches. Each import bumps the table's version and,
@@ -37,6 +39,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Callable,
+    Container,
     Iterable,
     Iterator,
     Mapping,
@@ -89,6 +92,7 @@ __all__ = [
     "parse_deck",
     "plans_of_table",
     "rate_counts",
+    "validity_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -348,22 +352,48 @@ class _DeckParser:
             raise _Problem(self.column_name(exc.field), exc.message) from None
 
 
+def validity_key(rate: Rate) -> Any:
+    """What makes two rates of one table the same price point: the prefix and the validity
+    (dates and week window). Two with one key would leave the price of a call to chance.
+
+    Just the prefix when the rate has no window (most decks: no tuple per row to keep)."""
+    window = (rate.valid_from, rate.valid_to, rate.week_start, rate.week_end)
+    return rate.prefix if window == (None, None, None, None) else (rate.prefix, *window)
+
+
+def _describe_validity(key: Any) -> str:
+    if isinstance(key, str):
+        return f"prefix {key!r} (always valid)"
+    prefix, valid_from, valid_to, week_start, week_end = key
+    parts = [
+        f"from {valid_from.isoformat()}" if valid_from else "",
+        f"to {valid_to.isoformat()}" if valid_to else "",
+        f"week minutes {week_start}-{week_end}" if week_start is not None else "",
+    ]
+    return f"prefix {prefix!r} ({', '.join(p for p in parts if p)})"
+
+
 def parse_deck(
     lines: Iterable[str],
     *,
     zone: tzinfo,
     known_trunks: Iterable[str] = (),
     source: str = "<csv>",
+    existing: Container[Any] = frozenset(),
+    table: str = "the rate table",
 ) -> Iterator[tuple[int, Rate]]:
     """Parse a CSV deck (text lines, header first) into ``(line number, Rate)``.
 
     Line numbers are physical lines of the file (1 is the header; a quoted newline counts).
     Blank lines are skipped. Raises `RateImportError` after the first bad line, listing up to
     `MAX_PROBLEMS` bad lines (it keeps reading to find them, but yields nothing after the first).
+    A rate whose :func:`validity_key` an earlier line of the deck has, or that is in
+    ``existing`` (the keys already in the target table), is a bad line.
     """
     reader = csv.reader(lines)
     problems: list[ImportProblem] = []
     more = False
+    seen: dict[Any, int] = {}
     try:
         header: list[str] = []
         for header in reader:
@@ -383,6 +413,19 @@ def parse_deck(
                 continue
             try:
                 rate = parser.parse(row)
+                key = validity_key(rate)
+                earlier = seen.setdefault(key, reader.line_num)
+                if earlier != reader.line_num:
+                    raise _Problem(
+                        parser.column_name("prefix"),
+                        f"{_describe_validity(key)} repeats line {earlier}",
+                    )
+                if key in existing:
+                    raise _Problem(
+                        parser.column_name("prefix"),
+                        f"{_describe_validity(key)} is already in {table} "
+                        "(load the whole deck again with --replace)",
+                    )
             except _Problem as bad:
                 if len(problems) >= MAX_PROBLEMS:
                     more = True
@@ -567,6 +610,20 @@ def _bind_processors(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
     ]
 
 
+async def _validity_keys(conn: AsyncConnection, table_id: int) -> set[Any]:
+    """The :func:`validity_key` of every rate already in a table (what a new deck may not
+    repeat without ``replace``)."""
+    c = rates.c
+    query = select(c.prefix, c.valid_from, c.valid_to, c.week_start, c.week_end).where(
+        c.rate_table_id == table_id
+    )
+    keys: set[Any] = set()
+    for prefix, valid_from, valid_to, week_start, week_end in await conn.execute(query):
+        window = (valid_from, valid_to, week_start, week_end)
+        keys.add(prefix if window == (None, None, None, None) else (prefix, *window))
+    return keys
+
+
 async def import_rates(
     conn: AsyncConnection,
     table: str,
@@ -592,13 +649,23 @@ async def import_rates(
         target = await _lock_table(conn, table)
         trunk_ids = {trunk.name: trunk.id for trunk in await plans.list_trunks(conn)}
         deleted = 0
+        existing: set[Any] = set()
         if replace:
             result = await conn.execute(delete(rates).where(rates.c.rate_table_id == target.id))
             deleted = max(result.rowcount, 0)
+        else:
+            existing = await _validity_keys(conn, target.id)
         table_id = target.id
         loader = _Loader(conn, table_id, trunk_ids)
         size = batch_size or (PG_BATCH if loader.postgresql else SQLITE_BATCH)
-        parsed = parse_deck(lines, zone=zone, known_trunks=trunk_ids, source=source)
+        parsed = parse_deck(
+            lines,
+            zone=zone,
+            known_trunks=trunk_ids,
+            source=source,
+            existing=existing,
+            table=f"rate table {target.name!r}",
+        )
 
         def next_batch() -> tuple[Any, int] | None:
             batch = [rate for _, rate in itertools.islice(parsed, size)]

@@ -4,7 +4,7 @@ A2Billing's "Search Customers" combines several criteria; so does :class:`Accoun
 criterion given must hold (AND). Matching rules, the same everywhere:
 
 - ``number``, ``alias``, ``callerid``: exact, unless the pattern holds ``*`` (any run of
-  characters), e.g. ``--number '4420*'``.
+  characters), e.g. ``--number '4420*'``; the alias (a login) in any case.
 - ``name``: case-insensitive, against the first name, the last name or "first last"; exact unless
   it holds ``*``.
 - ``group``, ``plan``: by name (exact). ``statuses``: any of them. ``language``, ``currency``:
@@ -142,7 +142,7 @@ async def account_filter(conn: AsyncConnection, criteria: AccountCriteria) -> Co
     if criteria.number:
         conditions.append(_match(c.number, criteria.number))
     if criteria.alias:
-        conditions.append(_match(c.alias, criteria.alias, ci="@" in criteria.alias))
+        conditions.append(_match(c.alias, criteria.alias, ci=True))  # a login: any case
     if criteria.name:
         full = func.lower(c.first_name + " " + c.last_name)
         name = criteria.name

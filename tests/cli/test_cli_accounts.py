@@ -295,7 +295,7 @@ def test_batch_update_and_delete_all(db_url: str) -> None:
         "--plan",
         "retail",
         "--set",
-        "number=5",
+        "number=5555555",
         match="cannot batch-update",
     )
     result = ok(
@@ -330,7 +330,17 @@ def test_batch_update_and_delete_all(db_url: str) -> None:
     one = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"][0]["number"]
     confirmed = invoke(db_url, "accounts", "delete", one, input="y\n")
     assert confirmed.exit_code == 0 and "1 account(s) deleted" in confirmed.stderr
-    ok(db_url, "accounts", "delete", "--all", "--yes")
+    # no criteria: --all --yes alone would empty the database; it needs --everything too
+    fails(db_url, "accounts", "delete", "--all", "--yes", match="--everything", code=2)
+    fails(db_url, "accounts", "delete", one, "--all", "--yes", match="not both", code=2)
+    fails(
+        db_url,
+        *("accounts", "delete", "--plan", "retail", "--all", "--everything", "--yes"),
+        match="no criteria",
+        code=2,
+    )
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 3
+    ok(db_url, "accounts", "delete", "--all", "--everything", "--yes")
     assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 0
 
 
@@ -403,7 +413,7 @@ def test_export_csv_and_xml_parse_back_and_import_round_trips(db_url: str, tmp_p
     csv_file = tmp_path / "all.csv"
     csv_file.write_text(exported, encoding="utf-8")
     before = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"]
-    ok(db_url, "accounts", "delete", "--all", "--yes")
+    ok(db_url, "accounts", "delete", "--all", "--everything", "--yes")
     imported = ok(db_url, "accounts", "import", str(csv_file))
     assert "3 account(s) imported" in imported.stderr
     after = as_json(ok(db_url, "accounts", "list", "--json"))["accounts"]
@@ -454,6 +464,160 @@ def test_import_reports_bad_lines_and_imports_nothing(db_url: str, tmp_path: Pat
     ok(db_url, "accounts", "import", str(no_plan), "--plan", "wholesale")
     zed = as_json(ok(db_url, "accounts", "show", "zed", "--json"))
     assert zed["plan"] == "wholesale"
+
+
+def test_import_refuses_open_quotes_short_rows_and_negative_balances(
+    db_url: str, tmp_path: Path
+) -> None:
+    setup_plans(db_url)
+    fails(
+        db_url,
+        *("accounts", "add", "--plan", "retail", "--balance", "-5"),
+        match="opening balance cannot be negative",
+    )
+    short = tmp_path / "short.csv"
+    short.write_text(
+        "alias,last_name,plan,balance\n"
+        "a1,Good,retail,5\n"
+        "a2,Short\n"  # too few cells: not filled with defaults
+        "a3,Owes,retail,-2\n"
+        '"a4","Notes ok",retail,0\n',
+        encoding="utf-8",
+    )
+    result = invoke(db_url, "accounts", "import", str(short))
+    assert result.exit_code == 1, result.output
+    assert "line 3: fewer cells than columns (2, the header has 4)" in result.output
+    assert "line 4: balance: an opening balance cannot be negative" in result.output
+    assert "line 2:" not in result.output and "line 5:" not in result.output
+    # an unterminated quote swallows the rows after it: refused, with the line it opens on
+    open_quote = tmp_path / "quote.csv"
+    open_quote.write_text(
+        "alias,last_name,plan\n"
+        "b1,Good,retail\n"
+        'b2,"Unclosed,retail\n'
+        "b3,Swallowed,retail\n"
+        "b4,Swallowed,retail\n",
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(open_quote), match="line 3: a quote opened")
+    # closed much later: the swallowed lines land in a name, which cannot hold line breaks
+    closed_late = tmp_path / "late.csv"
+    closed_late.write_text(
+        'alias,last_name,plan\nc1,"Runs on\nc2,Swallowed,retail\nc3",retail\nc4,Good,retail\n',
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(closed_late), match="line 2: last_name: a line break")
+    # a quoted multi-line note is fine, and the lines after it keep their physical numbers
+    notes = tmp_path / "notes.csv"
+    notes.write_text(
+        'alias,private_notes,plan\nd1,"line one\nline two",retail\nd2,,gold\n',
+        encoding="utf-8",
+    )
+    fails(db_url, "accounts", "import", str(notes), match="line 4: plan: no call plan 'gold'")
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 0
+    notes.write_text(
+        'alias,private_notes,plan\nd1,"line one\nline two",retail\n\nd2,,retail\n',
+        encoding="utf-8",
+    )
+    ok(db_url, "accounts", "import", str(notes))
+    d1 = as_json(ok(db_url, "accounts", "show", "d1", "--json"))
+    assert d1["private_notes"] == "line one\nline two"
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 2
+
+
+def test_operator_account_numbers_are_digits_in_range_and_never_shadow_ids(
+    db_url: str, tmp_path: Path
+) -> None:
+    setup_plans(db_url)
+    for wrong, word in [
+        ("abc", "digits only"),
+        ("#1", "digits only"),
+        ("12a4567", "digits only"),
+        ("\u0661\u0662\u0663\u0664\u0665\u0666", "digits only"),  # Arabic-Indic digits
+        ("0123456", "cannot start with 0"),
+        ("12345", "6..20 digits"),
+        ("1" * 21, "6..20 digits"),
+    ]:
+        fails(db_url, "accounts", "add", "--plan", "retail", "--number", wrong, match=word)
+    fails(db_url, "accounts", "add", "--plan", "retail", "--alias", "#1", match="cannot start")
+    first = as_json(
+        ok(db_url, "accounts", "add", "--plan", "retail", "--number", "123456", "--json")
+    )["account"]
+    fails(db_url, "accounts", "update", "123456", "--number", "0123456", match="start with 0")
+    fails(db_url, "accounts", "update", "123456", "--number", "#2", match="digits only")
+    fails(db_url, "accounts", "update", "123456", "--alias", "#2", match="cannot start")
+    ok(db_url, "accounts", "update", "123456", "--number", "98765432109876543210")
+    bad = tmp_path / "numbers.csv"
+    bad.write_text(
+        "number,alias,plan\n5550001,good,retail\nabc,x1,retail\n0555000,x2,retail\n"
+        "#1,x3,retail\n,#9,retail\n",
+        encoding="utf-8",
+    )
+    result = invoke(db_url, "accounts", "import", str(bad))
+    assert result.exit_code == 1, result.output
+    for line, word in [(3, "digits only"), (4, "start with 0"), (5, "digits only"), (6, "'#'")]:
+        assert f"line {line}: " in result.output and word in result.output, (line, result.output)
+    assert "line 2:" not in result.output
+    assert as_json(ok(db_url, "accounts", "list", "--json"))["total"] == 1
+    # a '#1' number stored before these rules cannot shadow the account with id 1
+    run_sql(
+        db_url,
+        insert(accounts).values(
+            number=f"#{first['id']}",
+            alias="legacy",
+            call_plan_id=first["call_plan_id"],
+            currency="USD",
+        ),
+    )
+    shown = as_json(ok(db_url, "accounts", "show", f"#{first['id']}", "--json"))
+    assert shown["id"] == first["id"] and shown["number"] == "98765432109876543210"
+    paid = as_json(ok(db_url, "payments", "add", f"#{first['id']}", "5", "--json"))
+    assert paid["account_id"] == first["id"]
+    fails(db_url, "accounts", "show", "#x", match="no account")
+
+
+def test_logins_are_one_login_whatever_their_case(db_url: str, tmp_path: Path) -> None:
+    setup_plans(db_url)
+    for alias, last in (("alice", "carter"), ("bob@example.com", "Baker"), ("cat", "adams")):
+        ok(db_url, "accounts", "add", "--plan", "retail", "--alias", alias, "--last-name", last)
+    fails(db_url, "accounts", "add", "--plan", "retail", "--alias", "ALICE", match="taken")
+    fails(
+        db_url,
+        *("accounts", "add", "--plan", "retail", "--email", "Bob@Example.COM", "--email-login"),
+        match="taken",
+    )
+    fails(db_url, "accounts", "update", "cat", "--alias", "Alice", match="taken")
+    # found in any case, by the commands and the search criteria
+    assert as_json(ok(db_url, "accounts", "show", "ALICE", "--json"))["alias"] == "alice"
+    assert as_json(ok(db_url, "accounts", "show", "BOB@example.com", "--json"))["last_name"] == (
+        "Baker"
+    )
+    found = as_json(ok(db_url, "accounts", "list", "--alias", "Alice", "--json"))["accounts"]
+    assert [a["alias"] for a in found] == ["alice"]
+    # an account may change the case of its own login
+    ok(db_url, "accounts", "update", "alice", "--alias", "Alice")
+    assert as_json(ok(db_url, "accounts", "show", "alice", "--json"))["alias"] == "Alice"
+    # the last-name sort ignores case: adams, Baker, carter (not Baker, adams, carter)
+    listed = as_json(ok(db_url, "accounts", "list", "--sort", "last_name", "--json"))
+    assert [a["last_name"] for a in listed["accounts"]] == ["adams", "Baker", "carter"]
+    desc = as_json(ok(db_url, "accounts", "list", "--sort", "last_name", "--desc", "--json"))
+    assert [a["last_name"] for a in desc["accounts"]] == ["carter", "Baker", "adams"]
+    # import: against the database and within the file
+    deck = tmp_path / "case.csv"
+    deck.write_text("alias,plan\nCAT,retail\ndan,retail\nDAN,retail\n", encoding="utf-8")
+    result = invoke(db_url, "accounts", "import", str(deck))
+    assert result.exit_code == 1, result.output
+    assert "line 2: alias 'CAT' is taken" in result.output
+    assert "line 4: alias 'DAN' repeats line 3" in result.output
+    # contacts: the portal login e-mail, in any case
+    ok(db_url, "accounts", "contact", "add", "cat", "--name", "Cat", "--email", "Cat@Example.com")
+    fails(
+        db_url,
+        *("accounts", "contact", "add", "alice", "--name", "C", "--email", "CAT@example.COM"),
+        match="exists",
+    )
+    ok(db_url, "accounts", "contact", "remove", "cat", "CAT@EXAMPLE.COM")
+    assert as_json(ok(db_url, "accounts", "contact", "list", "cat", "--json")) == []
 
 
 def test_groups_callerids_contacts_and_info(db_url: str) -> None:

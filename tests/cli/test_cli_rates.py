@@ -171,6 +171,27 @@ def test_bad_deck_reports_the_line_and_imports_nothing(db_url: str, tmp_path: Pa
     assert unknown.exit_code == 1 and "line 1, column zone: unknown column" in unknown.output
 
 
+def test_a_deck_loaded_twice_or_with_a_prefix_twice_is_refused(db_url: str, tmp_path: Path) -> None:
+    run = Cli(db_url, tmp_path)
+    _setup(run)
+    deck = run.file("a2b.csv", A2BILLING_DECK)
+    run("rates", "import", deck, "--table", "std")
+    good = run("rates", "export", "--table", "std").stdout
+    again = run("rates", "import", deck, "--table", "std", ok=False)
+    assert again.exit_code == 1 and "nothing imported" in again.output
+    assert "line 2, column dialprefix: prefix '44' (from 2020-01-01T00:00:00+00:00)" in (
+        again.output
+    )
+    assert "line 3, column dialprefix: prefix '447' (always valid) is already" in again.output
+    twice = run.file("twice.csv", "prefix,rate\n33,0.1\n34,0.1\n33,0.2\n")
+    result = run("rates", "import", twice, "--table", "cheap", ok=False)
+    assert "line 4, column prefix: prefix '33' (always valid) repeats line 2" in result.output
+    assert run("rates", "export", "--table", "std").stdout == good
+    assert run.json("tables", "show", "cheap")["rates"] == 0
+    run("rates", "import", deck, "--table", "std", "--replace")
+    assert run("rates", "export", "--table", "std").stdout == good
+
+
 def test_large_import_shows_a_progress_bar(db_url: str, tmp_path: Path) -> None:
     run = Cli(db_url, tmp_path)
     _setup(run)

@@ -128,6 +128,8 @@ def test_dids(db_url: str) -> None:
     )  # fmt: skip
     bad = run("dids", "add", "15551230001", "nowhere", "--account", "3000000001", ok=False)
     assert bad.exit_code == 1 and "destination" in bad.output
+    garbled = run("dids", "add", "44-hello-9", "PJSIP/alice", "--account", "3000000001", ok=False)
+    assert garbled.exit_code == 1 and "not a DID number: '44-hello-9'" in garbled.output
     (did,) = run.json("dids", "list", "--account", "3000000001")
     assert did["number"] == "15551230000" and did["provider_trunk"] == "prov"
     assert did["retail_rate"] == "0.06000" and did["kind"] == "friend"

@@ -176,11 +176,57 @@ async def test_bad_line_is_reported_with_its_number_and_nothing_is_imported(
 async def test_all_bad_lines_are_listed_even_after_batches_went_in(engine: AsyncEngine) -> None:
     await _setup(engine)
     good = "".join(f"{4400 + n},0.1\n" for n in range(10))
-    deck = "prefix,rate\n" + good + "1,-1\n" + good + "2,x\n"
+    more = "".join(f"{4500 + n},0.1\n" for n in range(10))
+    deck = "prefix,rate\n" + good + "1,-1\n" + more + "2,x\n"
     with pytest.raises(RateImportError) as caught:
         await _import(engine, deck, batch_size=3)  # several batches loaded before the error
     assert [(p.line, p.column) for p in caught.value.problems] == [(12, "rate"), (23, "rate")]
     assert await _count(engine) == 0  # the loaded batches were rolled back with the rest
+
+
+async def test_duplicate_prefixes_in_the_deck_or_the_table_are_refused(
+    engine: AsyncEngine,
+) -> None:
+    await _setup(engine)
+    await _import(engine, RATING_DECK)
+    before = await _rates_of(engine, "std")
+    version = await _version(engine, "std")
+    # the same deck twice without replace would give every prefix two prices
+    with pytest.raises(RateImportError) as caught:
+        await _import(engine, RATING_DECK)
+    assert [(p.line, p.column) for p in caught.value.problems] == [
+        (2, "prefix"),
+        (3, "prefix"),
+        (4, "prefix"),
+    ]
+    assert "prefix '44' (always valid) is already in rate table 'std'" in str(caught.value)
+    assert "--replace" in str(caught.value)
+    # one prefix twice in a deck (same validity), found across batches, with both lines
+    deck = (
+        "prefix,rate,valid_from,week_start,week_end\n"
+        "331,0.1,,,\n"
+        "332,0.1,2027-01-01T00:00:00+00:00,,\n"
+        "333,0.1,,0,7199\n"
+        "331,0.2,,,\n"  # line 5 repeats line 2
+        "332,0.3,2027-01-01T01:00:00+01:00,,\n"  # the same instant as line 3
+        "333,0.3,,7200,10079\n"  # another week window: a different price point
+        "332,0.3,2027-02-01T00:00:00+00:00,,\n"  # another start: a price change, fine
+    )
+    with pytest.raises(RateImportError) as caught:
+        await _import(engine, deck, table="copy", batch_size=2)
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (5, "prefix '331' (always valid) repeats line 2"),
+        (6, "prefix '332' (from 2027-01-01T00:00:00+00:00) repeats line 3"),
+    ]
+    assert await _rates_of(engine, "std") == before and await _count(engine) == len(before)
+    assert await _version(engine, "std") == version
+    # a window already in the table is refused too; replace loads the deck again
+    clean = deck.replace("331,0.2,,,\n", "").replace("332,0.3,2027-01-01T01:00:00+01:00,,\n", "")
+    assert (await _import(engine, clean, table="copy")).imported == 5
+    with pytest.raises(RateImportError, match="line 3, column prefix: prefix '332'"):
+        await _import(engine, "prefix,rate,valid_from\n999,1,\n332,1,2027-01-01\n", table="copy")
+    assert (await _import(engine, clean, table="copy", replace=True)).deleted == 5
+    assert (await _import(engine, RATING_DECK, replace=True)).imported == 3
 
 
 async def test_import_into_missing_table_is_not_found(engine: AsyncEngine) -> None:

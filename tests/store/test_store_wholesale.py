@@ -222,6 +222,19 @@ async def test_dids_add_list_remove_and_monthly_charge_once(engine: AsyncEngine)
                 conn, "15551230001", "PJSIP/bob", account_id=account.id, provider_trunk="nope"
             )
         assert [d.number for d in await dids.list_dids(conn, account.id)] == ["15551230000"]
+    for text in ("44-hello-9", "4420x", "++44207", "44--207", "(44 207", "4\u0664\u0664", "12"):
+        async with engine.begin() as conn:  # refused, not rewritten to its digits
+            with pytest.raises(InvalidDataError, match="not a DID number"):
+                await dids.add_did(conn, text, "Local/100@internal", account_id=account.id)
+            with pytest.raises(InvalidDataError, match="not a DID number"):
+                await dids.remove_did(conn, text)
+    async with engine.connect() as conn:
+        assert [d.number for d in await dids.list_dids(conn)] == ["15551230000"]
+        assert (await dids.fetch_did(conn, "449")) is None
+    async with engine.begin() as conn:
+        spaced = await dids.add_did(conn, "44 20-7946.0000", "PJSIP/bob", account_id=None)
+        assert spaced.number == "442079460000"
+        await dids.remove_did(conn, "+44 20 7946 0000")
     for _ in range(2):
         charged = await dids.charge_monthly(engine, now=NOW, zone=UTC_ZONE)
     assert [c.charged for c in charged] == [False]
