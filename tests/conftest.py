@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.schema.migrate import upgrade
 from callgate.store.db import create_engine
+
+# Hypothesis runs its entry points (trio's, which selenium brings in) when first imported; trio
+# hands it a PRNG it warns about. Import it here, before pytest's warning filters make that
+# warning an error in whichever late hook imports it first.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="It looks like `register_random`")
+    import hypothesis  # noqa: F401
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
