@@ -9,6 +9,7 @@ reload exits 1). ``status`` says whether friends changed since the last write (A
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,7 +20,8 @@ from callgate.confgen import realtime, service
 from callgate.confgen.errors import ConfgenError
 from callgate.confgen.files import WriteResult
 from callgate.confgen.reload import ReloadResult, reload_over_ami
-from callgate.confgen.render import snippet
+from callgate.confgen.render import FILE_NAMES, snippet
+from callgate.confgen.service import FILE_TARGETS
 from callgate.config import Settings
 from callgate.store.db import create_engine
 from callgate.store.friends import ConfTarget
@@ -156,12 +158,16 @@ def _echo_written(
 @click.option("--check", is_flag=True, help="Exit 1 when something is stale (for monitoring).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_cmd(check: bool, as_json: bool) -> None:
-    """Say whether friends changed since the generated files (and Realtime) were last written.
+    """Say whether what the generated files (and Realtime) show changed since they were last
+    written: friends, the accounts that own them, their ingress IPs.
 
-    Shows the formats of confgen.formats, and Realtime once it has been synced."""
+    Shows the formats of confgen.formats, every other include file present in confgen.dir
+    (sip_callgate.conf written with --sip...), and Realtime once it has been synced."""
     settings = app().settings
     snapshot = _load()
     shown: list[ConfTarget] = list(_settings_targets(settings))
+    folder = Path(settings.confgen.dir)
+    shown += [t for t in FILE_TARGETS if t not in shown and (folder / FILE_NAMES[t]).exists()]
     if snapshot.realtime_owned is not None:
         shown.append(ConfTarget.REALTIME)
     data: dict[str, Any] = {}

@@ -64,6 +64,7 @@ from callgate.schema.types import Money
 from callgate.store._errors_map import mapped_errors
 from callgate.store.contacts import Contact, list_contacts
 from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
+from callgate.store.friends import mark_friends_stale
 from callgate.store.payments import Payment, list_payments
 from callgate.store.search import AccountCriteria, account_filter
 
@@ -914,6 +915,10 @@ async def update_account(conn: AsyncConnection, account_id: int, **changes: Any)
                 )
         values = {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in changes.items()}
         values["updated_at"] = datetime.now(UTC)
+        if changes.get("number") not in (None, current.number):  # every friend's accountcode
+            await mark_friends_stale(
+                conn, account_id, f"account {current.number} renumbered {changes['number']}"
+            )
         await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
     return await fetch_account(conn, account_id)
 
@@ -1283,6 +1288,8 @@ async def delete_accounts(
                 f"{busy} call(s) in progress on the chosen account(s): nothing deleted; "
                 "wait for them to end"
             )
+        # their friends go with them: the generated files and Realtime rows still hold them
+        await mark_friends_stale(conn, chosen, "account deleted")
         await conn.execute(delete(reservations).where(reservations.c.account_id.in_(chosen)))
         result = await conn.execute(delete(accounts).where(where))
     return int(result.rowcount)

@@ -21,8 +21,10 @@ from callgate.store import accounts as account_store
 from callgate.store import clirules, ips, ledger
 from callgate.store import dids as did_store
 from callgate.store import packages as package_store
+from callgate.store import rates as rate_store
 from callgate.store._errors_map import mapped_errors
 from callgate.store.accounts import Account, account_from_row
+from callgate.store.errors import NotFoundError
 from callgate.store.ports import CallerAccount, Grant, Refused, SettledCall, TrunkInfo
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,50 @@ class RoutingData:
     def records(self, table_name: str) -> bool:
         return table_name in self._recording_tables
 
+    async def plan_for(self, plan_id: int, number: str) -> CallPlan | None:
+        return self._plan_source(plan_id)
+
+
+class SimulatedRouting(RoutingData):
+    """RoutePlans for ``callgate simulate``: each plan read from the database with only the
+    rates that can match the number (rates answer as the server's full index would)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, lambda _plan_id: None)
+
+    async def plan_for(self, plan_id: int, number: str) -> CallPlan | None:
+        async with mapped_errors("rates"), self.engine.connect() as conn:
+            try:
+                return await rate_store.fetch_plan_for_number(conn, plan_id, number)
+            except NotFoundError:
+                return None
+
+
+class QuoteLedger:
+    """CreditGate for ``callgate simulate``: the ledger's checks and price, nothing reserved."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def reserve(
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        price: ledger.Pricer,
+        now: datetime,
+        trunk: str,
+        rate_id: int | None,
+        limits: ledger.Limits = NO_LIMITS,
+    ) -> Grant:
+        try:
+            available, granted, amount = await ledger.quote(
+                self.engine, account_id=account_id, price=price, now=now, limits=limits
+            )
+        except ledger.LedgerRefusal as exc:
+            raise Refused(exc.status.value, str(exc)) from exc
+        return Grant(granted, amount, available)
+
 
 class WholesaleData:
     """The wholesale ports over the database: IpDirectory, CliPolicy, PackageLedger,
@@ -279,3 +325,21 @@ class WholesaleData:
             await conn.execute(
                 update(calls).where(calls.c.uniqueid == uniqueid).values(recording=path)
             )
+
+
+class SimulatedWholesale(WholesaleData):
+    """The wholesale ports for ``callgate simulate``: the same IP entries, caller ID rules and
+    package coverage; :meth:`hold` says what the live hold would hold, and holds nothing."""
+
+    async def hold(
+        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+    ) -> package_store.FreeAllowance | None:
+        return await package_store.peek_free_seconds(
+            self.engine,
+            account_id=account_id,
+            uniqueid=uniqueid,
+            number=number,
+            cap=cap,
+            now=now,
+            zone=self.zone,
+        )

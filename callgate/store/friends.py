@@ -561,6 +561,40 @@ async def mark_stale(conn: AsyncConnection, targets: Iterable[ConfTarget], reaso
         )
 
 
+async def mark_friends_stale(conn: AsyncConnection, account_ids: Any, reason: str) -> None:
+    """Mark the targets of the friends of ``account_ids`` (a SELECT of account ids, or one
+    id) stale: call it, in the same transaction, before a change of those accounts that the
+    generated configuration shows (their number is every friend's accountcode; deleting them
+    deletes their friends). Accounts without friends mark nothing."""
+    chosen = (
+        account_ids
+        if not isinstance(account_ids, int)
+        else select(accounts.c.id).where(accounts.c.id == account_ids)
+    )
+    for kind, table in _TABLES.items():
+        names = (
+            await conn.scalars(
+                select(table.c.name).where(table.c.account_id.in_(chosen)).order_by(table.c.name)
+            )
+        ).all()
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            await mark_stale(conn, TARGETS_OF[kind], f"{reason}: {_LABEL[kind]} friend {shown}")
+
+
+IDENTIFY_TARGETS = (ConfTarget.PJSIP, ConfTarget.REALTIME)
+
+
+async def mark_identify_stale(conn: AsyncConnection, account_id: int, reason: str) -> None:
+    """An ingress IP of the account changed: its SIP friend's PJSIP ``identify`` (the file and
+    the ``ps_endpoint_id_ips`` rows) is stale, if it has a SIP friend."""
+    name = await conn.scalar(
+        select(sip_friends.c.name).where(sip_friends.c.account_id == account_id)
+    )
+    if name is not None:
+        await mark_stale(conn, IDENTIFY_TARGETS, f"{reason} (PJSIP identify of {name})")
+
+
 async def stale_marks(conn: AsyncConnection) -> dict[ConfTarget, StaleMark]:
     """The targets whose generated configuration is stale."""
     rows = (

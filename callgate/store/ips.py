@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callgate.schema.tables import IpDirection, account_ips
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.friends import mark_identify_stale
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -189,6 +190,8 @@ async def add_ip(
     }
     async with mapped_errors(f"IP {normalised}"):
         new_id = await conn.scalar(insert(account_ips).values(**values).returning(account_ips.c.id))
+        if direction is IpDirection.INGRESS:
+            await mark_identify_stale(conn, account_id, f"ingress IP {normalised} added")
     assert new_id is not None
     return IpEntry(
         id=int(new_id),
@@ -222,13 +225,18 @@ async def remove_ip(
     normalised = normalise_address(address)
     async with mapped_errors(f"IP {normalised}"):
         result = await conn.execute(
-            delete(account_ips).where(
+            delete(account_ips)
+            .where(
                 account_ips.c.account_id == account_id,
                 account_ips.c.address == normalised,
                 account_ips.c.tech_prefix == tech_prefix.strip(),
             )
+            .returning(account_ips.c.direction)
         )
-    if not result.rowcount:
+        removed = result.scalars().all()
+        if IpDirection.INGRESS.value in removed:
+            await mark_identify_stale(conn, account_id, f"ingress IP {normalised} removed")
+    if not removed:
         raise NotFoundError(
             f"the account has no IP entry {normalised} (tech prefix {tech_prefix!r})"
         )

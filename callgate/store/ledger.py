@@ -320,10 +320,7 @@ async def reserve(
     """
     async with mapped_errors("reserve"), write_transaction(engine) as conn:
         account = await _lock_account(conn, account_id)
-        check_usable(account, now)
-        await _check_limits(conn, account, limits, now)
-        available = await available_credit(conn, account)
-        granted, amount = _priced(price, available)
+        available, granted, amount = await _authorise(conn, account, price, now, limits)
         expires = now + timedelta(seconds=granted + grace_seconds)
         new_id = await conn.scalar(
             _INSERT_RESERVATION,
@@ -353,6 +350,36 @@ async def reserve(
             expires_at=expires,
             available=available,
         )
+
+
+async def _authorise(
+    conn: AsyncConnection, account: Account, price: Pricer, now: datetime, limits: Limits
+) -> tuple[Decimal, int, Decimal]:
+    """The checks and the price of a new call: (available, granted seconds, amount to hold).
+    Raises a :class:`LedgerRefusal`. :func:`reserve` runs it under the lock, :func:`quote`
+    without one."""
+    check_usable(account, now)
+    await _check_limits(conn, account, limits, now)
+    available = await available_credit(conn, account)
+    granted, amount = _priced(price, available)
+    return available, granted, amount
+
+
+async def quote(
+    engine: AsyncEngine,
+    *,
+    account_id: int,
+    price: Pricer,
+    now: datetime,
+    limits: Limits = Limits(),
+) -> tuple[Decimal, int, Decimal]:
+    """What :func:`reserve` would grant now, with the same checks, reserving nothing
+    (``callgate simulate``): (available, granted seconds, amount). Raises a LedgerRefusal."""
+    async with mapped_errors("quote"), engine.connect() as conn:
+        row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFoundError(f"no account with id {account_id}")
+        return await _authorise(conn, account_from_row(row), price, now, limits)
 
 
 def _priced(price: Pricer, available: Decimal) -> tuple[int, Decimal]:

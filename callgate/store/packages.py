@@ -302,6 +302,41 @@ async def used_in_period(
     return int(used or 0)
 
 
+async def _free_seconds(
+    conn: AsyncConnection,
+    *,
+    account_id: int,
+    number: str,
+    cap: int,
+    now: datetime,
+    zone: ZoneInfo,
+    lock: bool,
+) -> tuple[Assignment, str, int] | None:
+    """The first assignment of the account that covers ``number`` with seconds left: the
+    assignment, the period and the free seconds of the call (None: nothing covers it)."""
+    query = _assignment_query().where(account_packages.c.account_id == account_id)
+    if lock:
+        query = query.with_for_update(of=account_packages)
+    for row in (await conn.execute(query)).all():
+        held = _assignment(row)
+        package = held.package
+        if not package.covers(number):
+            continue
+        period = period_key(package.period, now, zone)
+        if package.kind is PackageKind.UNLIMITED:
+            seconds = cap
+        else:
+            used = await used_in_period(conn, held, period, now)
+            total = package.quantity * held.quantity
+            if package.kind is PackageKind.FREE_CALLS:
+                seconds = cap if used < total else 0
+            else:
+                seconds = min(cap, total * 60 - used)
+        if seconds > 0:
+            return held, period, seconds
+    return None
+
+
 async def hold_free_seconds(
     engine: AsyncEngine,
     *,
@@ -320,43 +355,47 @@ async def hold_free_seconds(
     ``now + hold_seconds``.
     """
     async with mapped_errors("package hold"), write_transaction(engine) as conn:
-        rows = (
-            await conn.execute(
-                _assignment_query()
-                .where(account_packages.c.account_id == account_id)
-                .with_for_update(of=account_packages)
+        found = await _free_seconds(
+            conn, account_id=account_id, number=number, cap=cap, now=now, zone=zone, lock=True
+        )
+        if found is None:
+            return None
+        held, period, seconds = found
+        await conn.execute(
+            insert(package_usage).values(
+                account_package_id=held.id,
+                uniqueid=uniqueid,
+                period=period,
+                seconds=seconds,
+                status=PackageUseStatus.OPEN.value,
+                expires_at=now + timedelta(seconds=hold_seconds),
+                created_at=now,
             )
-        ).all()
-        for row in rows:
-            held = _assignment(row)
-            package = held.package
-            if not package.covers(number):
-                continue
-            period = period_key(package.period, now, zone)
-            if package.kind is PackageKind.UNLIMITED:
-                seconds = cap
-            else:
-                used = await used_in_period(conn, held, period, now)
-                total = package.quantity * held.quantity
-                if package.kind is PackageKind.FREE_CALLS:
-                    seconds = cap if used < total else 0
-                else:
-                    seconds = min(cap, total * 60 - used)
-            if seconds <= 0:
-                continue
-            await conn.execute(
-                insert(package_usage).values(
-                    account_package_id=held.id,
-                    uniqueid=uniqueid,
-                    period=period,
-                    seconds=seconds,
-                    status=PackageUseStatus.OPEN.value,
-                    expires_at=now + timedelta(seconds=hold_seconds),
-                    created_at=now,
-                )
-            )
-            return FreeAllowance(uniqueid, held.id, package.name, package.kind, period, seconds)
-    return None
+        )
+        package = held.package
+        return FreeAllowance(uniqueid, held.id, package.name, package.kind, period, seconds)
+
+
+async def peek_free_seconds(
+    engine: AsyncEngine,
+    *,
+    account_id: int,
+    uniqueid: str,
+    number: str,
+    cap: int,
+    now: datetime,
+    zone: ZoneInfo,
+) -> FreeAllowance | None:
+    """What :func:`hold_free_seconds` would hold now, holding nothing (``callgate simulate``)."""
+    async with mapped_errors("package quote"), engine.connect() as conn:
+        found = await _free_seconds(
+            conn, account_id=account_id, number=number, cap=cap, now=now, zone=zone, lock=False
+        )
+    if found is None:
+        return None
+    held, period, seconds = found
+    package = held.package
+    return FreeAllowance(uniqueid, held.id, package.name, package.kind, period, seconds)
 
 
 async def settle_usage(engine: AsyncEngine, uniqueid: str, used_seconds: int) -> bool:

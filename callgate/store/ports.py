@@ -110,8 +110,15 @@ class RoutePlans(Protocol):
         """Whether calls rated from that rate table are recorded (in memory)."""
         ...
 
+    async def plan_for(self, plan_id: int, number: str) -> CallPlan | None:
+        """The call plan to rate ``number`` with: the server's in-memory plan (no SQL); for
+        ``callgate simulate``, the plan with only the rates that can match ``number``."""
+        ...
 
-class Ledger(Protocol):
+
+class CreditGate(Protocol):
+    """The call decision's part of the ledger: authorise a new call and grant its seconds."""
+
     async def reserve(
         self,
         *,
@@ -124,9 +131,12 @@ class Ledger(Protocol):
         limits: Limits = NO_LIMITS,
     ) -> Grant:
         """Reserve under the account lock; raises Refused (NO_CREDIT, CHANNEL_LIMIT...).
-        ``limits``: the IP authentication entry's channel and CPS limits."""
+        ``limits``: the IP authentication entry's channel and CPS limits. (``simulate``'s
+        implementation runs the same checks and price and reserves nothing.)"""
         ...
 
+
+class Ledger(CreditGate, Protocol):
     async def regrant(
         self, *, uniqueid: str, price: Pricer, now: datetime, trunk: str, rate_id: int | None
     ) -> Grant:
@@ -162,7 +172,9 @@ class CliPolicy(Protocol):
         ...
 
 
-class PackageLedger(Protocol):
+class FreeSeconds(Protocol):
+    """The call decision's part of the packages: the free seconds of a new call."""
+
     def covered(self, account_id: int, number: str) -> bool:
         """Whether one of the account's packages covers ``number`` (in memory, no SQL)."""
         ...
@@ -170,9 +182,12 @@ class PackageLedger(Protocol):
     async def hold(
         self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
     ) -> FreeAllowance | None:
-        """Hold the call's free seconds (None: nothing left)."""
+        """Hold the call's free seconds (None: nothing left; ``simulate``'s implementation
+        holds nothing)."""
         ...
 
+
+class PackageLedger(FreeSeconds, Protocol):
     async def settle(self, uniqueid: str, used_seconds: int) -> None:
         """Record the free seconds the call used (idempotent)."""
         ...

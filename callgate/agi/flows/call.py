@@ -58,6 +58,8 @@ from callgate.store.ports import (
     CallerAccount,
     CallExtras,
     CliPolicy,
+    CreditGate,
+    FreeSeconds,
     IpDirectory,
     Ledger,
     PackageLedger,
@@ -205,6 +207,205 @@ def limit_option(granted_seconds: int, warning_seconds: int, repeat_seconds: int
     return f"L({':'.join(parts)})"
 
 
+def dial_arguments(
+    settings: FlowSettings, trunk: TrunkInfo, state: CallState, granted_seconds: int
+) -> str:
+    """The Dial application's arguments for one attempt of the call through ``trunk``."""
+    options = (
+        f"U({settings.answer_subroutine}^{state.uniqueid})"
+        + limit_option(
+            granted_seconds, settings.dial_warning_seconds, settings.dial_warning_repeat_seconds
+        )
+        + trunk.dial_options
+    )
+    destination = state.dial_destination or dial_string(trunk, state.number)
+    return f"{destination},{settings.dial_ring_seconds},{options}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The call decision. ``status`` "OK": authorised, the grant is in the state (reserved by
+    the live ledger, quoted by simulate's), ``routes`` in dialling order, ``dial`` the first
+    Dial's arguments ("" when the first route has no active trunk)."""
+
+    status: str
+    reason: str = ""
+    routes: tuple[Route, ...] = ()
+    cap: int = 0
+    dial: str = ""
+    amount: Decimal = Decimal(0)  # what the grant holds of the credit
+
+
+class CallDecision:
+    """The decision of a direct-dial call, one code for the live flow and ``callgate
+    simulate``: identify the account (IP authentication with its tech prefix, accountcode,
+    argument, caller ID) -> caller ID rules -> normalise -> rate (LCR) -> free package seconds
+    -> the ledger's checks and grant -> the first Dial string.
+
+    Its inputs are in the :class:`CallState` (uniqueid, caller ID, dialled number, source
+    address, start time); it talks to Asterisk never. What it writes is what its ports write:
+    the live ledger reserves and the live packages hold; simulate's ports do neither.
+    """
+
+    def __init__(
+        self,
+        *,
+        accounts: AccountLookup,
+        plans: RoutePlans,
+        credit: CreditGate,
+        settings: FlowSettings = FlowSettings(),
+        ips: IpDirectory | None = None,
+        cli_rules: CliPolicy | None = None,
+        packages: FreeSeconds | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.plans = plans
+        self.credit = credit
+        self.settings = settings
+        self.ips = ips
+        self.cli_rules = cli_rules
+        self.packages = packages
+        self.zone = ZoneInfo(settings.timezone)
+
+    async def decide(self, state: CallState, *, accountcode: str, argument: str) -> Verdict:
+        """Identify, then :meth:`authorise`."""
+        refused = await self.identify(state, accountcode=accountcode, argument=argument)
+        return refused if refused is not None else await self.authorise(state)
+
+    async def identify(
+        self, state: CallState, *, accountcode: str, argument: str
+    ) -> Verdict | None:
+        """Set ``state.account`` (and ``state.ip``); a Verdict when no account is found."""
+        try:
+            account = await self._identify_by_ip(state, accountcode)
+            if account is None:
+                account = await self.accounts.find_for_call(
+                    accountcode=accountcode, argument=argument, callerid=state.callerid
+                )
+        except StoreError as exc:
+            return Verdict("ERROR", f"account lookup failed: {exc}")
+        if account is None:
+            return Verdict("NO_ACCOUNT", "no account for this call")
+        state.account = account
+        return None
+
+    async def _identify_by_ip(self, state: CallState, accountcode: str) -> CallerAccount | None:
+        """IP authentication, for calls without an accountcode: the SIP source address matched
+        against the ingress IP entries (longest tech prefix)."""
+        if accountcode or self.ips is None or not state.source_address:
+            return None
+        entry = self.ips.match_ip(state.source_address, state.dialled)
+        if entry is None:
+            return None
+        account = await self.accounts.find_by_id(entry.account_id)
+        if account is not None:
+            state.ip = entry
+            log.debug("%s: %s identified by IP entry %s", state.uniqueid, account.number, entry.id)
+        return account
+
+    async def authorise(self, state: CallState) -> Verdict:
+        """The checks, the rating and the grant of the identified account's call."""
+        account = state.account
+        assert account is not None
+        refused = self._check_cli(state)
+        if refused is not None:
+            return refused
+        try:
+            state.number = normalise_for_plan(
+                self.plans,
+                self.settings,
+                account.call_plan_id,
+                state.dialled,
+                tech_prefix=state.ip.tech_prefix if state.ip else "",
+                strip_digits=state.ip.strip_digits if state.ip else 0,
+            )
+        except RatingError as exc:
+            return Verdict("NO_RATE", str(exc))
+        try:
+            plan = await self.plans.plan_for(account.call_plan_id, state.number)
+        except StoreError as exc:
+            return Verdict("ERROR", f"rates unavailable: {exc}")
+        if plan is None:
+            return Verdict("NO_RATE", "the account's call plan has no rates")
+        at = state.started_at.astimezone(self.zone)
+        routes = find_routes(plan, state.number, at)
+        if not routes:
+            return Verdict("NO_RATE", f"no rate for {state.number}")
+        cap = min(plan.max_call_seconds, self.settings.max_call_seconds)
+        route = routes[0]
+        state.route = route
+        await self._hold_free(state, cap)
+        try:
+            reserved = await self.credit.reserve(
+                account_id=account.id,
+                uniqueid=state.uniqueid,
+                price=_pricer(route, cap, _free_seconds(state)),
+                now=state.started_at,
+                trunk=route.trunk or "",
+                rate_id=route.rate.id,
+                limits=_limits(state),
+            )
+        except Refused as exc:
+            return Verdict(exc.status, exc.reason, routes, cap)
+        except StoreError as exc:
+            return Verdict("ERROR", f"reservation failed: {exc}", routes, cap)
+        state.reserved = True
+        state.granted = reserved.granted_seconds
+        chain = self.trunk_chain(route.trunk)
+        dial = dial_arguments(self.settings, chain[0], state, state.granted) if chain else ""
+        return Verdict("OK", "", routes, cap, dial, reserved.amount)
+
+    def _check_cli(self, state: CallState) -> Verdict | None:
+        """The account's caller ID rules; sets the caller ID to present."""
+        assert state.account is not None
+        presented = state.callerid
+        if self.cli_rules is not None:
+            decision = self.cli_rules.check_cli(state.account.id, state.callerid)
+            if not decision.allowed:
+                reason = f"caller ID {state.callerid!r} denied by rule {decision.rule_id}"
+                return Verdict("CLI_REJECTED", reason)
+            presented = decision.presented
+        if state.ip is not None and state.ip.cli_prefix and presented:
+            presented = state.ip.cli_prefix + presented
+        state.presented_callerid = presented if presented != state.callerid else ""
+        return None
+
+    async def _hold_free(self, state: CallState, cap: int) -> None:
+        """Hold the free package seconds of a covered call (billing goes on without them if the
+        hold fails: the reservation that follows fails closed on a broken database anyway)."""
+        account = state.account
+        if self.packages is None or account is None:
+            return
+        if not self.packages.covered(account.id, state.number):
+            return
+        try:
+            state.free = await self.packages.hold(
+                account_id=account.id,
+                uniqueid=state.uniqueid,
+                number=state.number,
+                cap=cap,
+                now=state.started_at,
+            )
+        except StoreError as exc:
+            log.error("%s: package hold failed, no free seconds: %s", state.uniqueid, exc)
+
+    def trunk_chain(self, first: str | None) -> list[TrunkInfo]:
+        """The active trunks to try for a route: its trunk, then the failover trunks."""
+        chain: list[TrunkInfo] = []
+        seen: set[str] = set()
+        name = first
+        while name and name not in seen and len(chain) < MAX_TRUNK_CHAIN:
+            seen.add(name)
+            trunk = self.plans.trunk(name)
+            if trunk is None:
+                log.warning("trunk %s is not configured", name)
+                break
+            if trunk.active:
+                chain.append(trunk)
+            name = trunk.failover
+        return chain
+
+
 def parse_outcome(expanded: str | None) -> Attempt:
     """The fields of :data:`OUTCOME_EXPR` as Asterisk expanded them."""
     fields = (expanded or "").split("|")
@@ -273,6 +474,15 @@ class CallFlows:
         self.settings = settings
         self.clock = clock
         self.zone = ZoneInfo(settings.timezone)
+        self.decision = CallDecision(
+            accounts=accounts,
+            plans=plans,
+            credit=ledger,
+            settings=settings,
+            ips=ips,
+            cli_rules=cli_rules,
+            packages=packages,
+        )
         self._card_failures: dict[str, tuple[int, float]] = {}
         self.setups = 0  # direct-dial calls between their header and their Dial
         self.shed = 0  # calls refused because max_setups were in set-up
@@ -317,20 +527,16 @@ class CallFlows:
         args = env.args
         state.dialled = args[1] if len(args) > 1 and args[1] else env.extension
         try:
-            account = await self._identify_by_ip(session, state)
-            if account is None:
-                account = await self.accounts.find_for_call(
-                    accountcode=env.accountcode,
-                    argument=args[0] if args else "",
-                    callerid=env.callerid,
-                )
-        except (StoreError, AgiError) as exc:
+            state.source_address = await self._source_address(session)
+        except AgiError as exc:
             await self._finish(session, state, "ERROR", f"account lookup failed: {exc}")
             return
-        if account is None:
-            await self._finish(session, state, "NO_ACCOUNT", "no account for this call")
+        refused = await self.decision.identify(
+            state, accountcode=env.accountcode, argument=args[0] if args else ""
+        )
+        if refused is not None:
+            await self._finish(session, state, refused.status, refused.reason)
             return
-        state.account = account
         await self._guarded(session, state)
 
     async def card(self, session: AgiSession) -> None:
@@ -407,51 +613,11 @@ class CallFlows:
     ) -> None:
         account = state.account
         assert account is not None
-        plan = self.plans.plan(account.call_plan_id)
-        if plan is None:
-            await self._finish(session, state, "NO_RATE", "the account's call plan has no rates")
+        verdict = await self.decision.authorise(state)
+        if verdict.status != "OK":
+            await self._finish(session, state, verdict.status, verdict.reason)
             return
-        if not await self._check_cli(session, state):
-            return
-        try:
-            state.number = normalise_for_plan(
-                self.plans,
-                self.settings,
-                account.call_plan_id,
-                state.dialled,
-                tech_prefix=state.ip.tech_prefix if state.ip else "",
-                strip_digits=state.ip.strip_digits if state.ip else 0,
-            )
-        except RatingError as exc:
-            await self._finish(session, state, "NO_RATE", str(exc))
-            return
-        at = state.started_at.astimezone(self.zone)
-        routes = find_routes(plan, state.number, at)
-        if not routes:
-            await self._finish(session, state, "NO_RATE", f"no rate for {state.number}")
-            return
-        cap = min(plan.max_call_seconds, self.settings.max_call_seconds)
-        route = routes[0]
-        state.route = route
-        await self._hold_free(state, cap)
-        try:
-            reserved = await self.ledger.reserve(
-                account_id=account.id,
-                uniqueid=state.uniqueid,
-                price=_pricer(route, cap, _free_seconds(state)),
-                now=state.started_at,
-                trunk=route.trunk or "",
-                rate_id=route.rate.id,
-                limits=_limits(state),
-            )
-        except Refused as exc:
-            await self._finish(session, state, exc.status, exc.reason)
-            return
-        except StoreError as exc:
-            await self._finish(session, state, "ERROR", f"reservation failed: {exc}")
-            return
-        state.reserved = True
-        state.granted = reserved.granted_seconds
+        routes, cap = verdict.routes, verdict.cap
         if self.alerts is not None:  # "channels" alerts see the call now, in the background
             self.alerts.account_changed(account.id)
         try:
@@ -509,29 +675,11 @@ class CallFlows:
                     return
 
     def _trunk_chain(self, first: str | None) -> list[TrunkInfo]:
-        chain: list[TrunkInfo] = []
-        seen: set[str] = set()
-        name = first
-        while name and name not in seen and len(chain) < MAX_TRUNK_CHAIN:
-            seen.add(name)
-            trunk = self.plans.trunk(name)
-            if trunk is None:
-                log.warning("trunk %s is not configured", name)
-                break
-            if trunk.active:
-                chain.append(trunk)
-            name = trunk.failover
-        return chain
+        return self.decision.trunk_chain(first)
 
     async def _dial_once(self, session: AgiSession, state: CallState, trunk: TrunkInfo) -> Attempt:
         s = self.settings
-        options = (
-            f"U({s.answer_subroutine}^{state.uniqueid})"
-            + limit_option(state.granted, s.dial_warning_seconds, s.dial_warning_repeat_seconds)
-            + trunk.dial_options
-        )
-        destination = state.dial_destination or dial_string(trunk, state.number)
-        args = f"{destination},{s.dial_ring_seconds},{options}"
+        args = dial_arguments(s, trunk, state, state.granted)
         await self._before_dial(session, state)
         await session.set_variable(ANSWER_STAMP, "")
         if not state.dialled_out:  # callgate's own latency: the AGI header to the first Dial
@@ -666,60 +814,17 @@ class CallFlows:
 
     # ------------------------------------------------------------------ wholesale (issue 8)
 
-    async def _identify_by_ip(self, session: AgiSession, state: CallState) -> CallerAccount | None:
-        """IP authentication, for calls without an accountcode: the SIP source address Asterisk
-        reports for the channel, matched against the ingress IP entries (longest tech prefix)."""
+    async def _source_address(self, session: AgiSession) -> str:
+        """The SIP source address Asterisk reports for the channel, for IP authentication of
+        calls without an accountcode ("" when not needed or not known)."""
         env = session.env
         if env.accountcode or self.ips is None:
-            return None
+            return ""
         tech = env.type or env.channel.split("/", 1)[0]
         expr = dict(self.settings.source_address_exprs).get(tech, "")
         if not expr:
-            return None
-        state.source_address = (await session.get_full_variable(expr) or "").strip()
-        entry = self.ips.match_ip(state.source_address, state.dialled)
-        if entry is None:
-            return None
-        account = await self.accounts.find_by_id(entry.account_id)
-        if account is not None:
-            state.ip = entry
-            log.debug("%s: %s identified by IP entry %s", state.uniqueid, account.number, entry.id)
-        return account
-
-    async def _check_cli(self, session: AgiSession, state: CallState) -> bool:
-        """The account's caller ID rules; sets the caller ID to present. False: refused."""
-        assert state.account is not None
-        presented = state.callerid
-        if self.cli_rules is not None:
-            decision = self.cli_rules.check_cli(state.account.id, state.callerid)
-            if not decision.allowed:
-                reason = f"caller ID {state.callerid!r} denied by rule {decision.rule_id}"
-                await self._finish(session, state, "CLI_REJECTED", reason)
-                return False
-            presented = decision.presented
-        if state.ip is not None and state.ip.cli_prefix and presented:
-            presented = state.ip.cli_prefix + presented
-        state.presented_callerid = presented if presented != state.callerid else ""
-        return True
-
-    async def _hold_free(self, state: CallState, cap: int) -> None:
-        """Hold the free package seconds of a covered call (billing goes on without them if the
-        hold fails: the reservation that follows fails closed on a broken database anyway)."""
-        account = state.account
-        if self.packages is None or account is None:
-            return
-        if not self.packages.covered(account.id, state.number):
-            return
-        try:
-            state.free = await self.packages.hold(
-                account_id=account.id,
-                uniqueid=state.uniqueid,
-                number=state.number,
-                cap=cap,
-                now=state.started_at,
-            )
-        except StoreError as exc:
-            log.error("%s: package hold failed, no free seconds: %s", state.uniqueid, exc)
+            return ""
+        return (await session.get_full_variable(expr) or "").strip()
 
     async def _release_free(self, state: CallState) -> None:
         if self.packages is None or state.free is None:
@@ -842,22 +947,6 @@ def recording_path(folder: str, uniqueid: str) -> str:
     return f"{folder.rstrip('/')}/{safe}.wav"
 
 
-@dataclass(frozen=True, slots=True)
-class RouteChoice:
-    """One route of a simulated call: where it would dial, for how long, what it holds."""
-
-    table: str
-    priority: int
-    prefix: str
-    destination: str
-    rate: Decimal
-    buy_rate: Decimal
-    trunk: str
-    granted_seconds: int
-    reserve: Decimal
-    dial: str  # the Dial application's arguments, "" when the trunk is missing
-
-
 def normalise_for_plan(
     plans: RoutePlans,
     settings: FlowSettings,
@@ -878,52 +967,15 @@ def normalise_for_plan(
     return normalise_number(dialled, rules)
 
 
-def simulate_routes(
-    plans: RoutePlans,
-    settings: FlowSettings,
-    *,
-    plan_id: int,
-    dialled: str,
-    available: Decimal,
-    uniqueid: str,
-    at: datetime,
-) -> tuple[str, list[RouteChoice]]:
-    """The decision of the ``call`` flow for a number, without Asterisk and without reserving:
-    the normalised number and, per route in order, the grant, the reservation and the Dial
-    string the flow would send (ConnexCS's "Simulate"). Raises RatingError for a bad number."""
-    plan = plans.plan(plan_id)
-    number = normalise_for_plan(plans, settings, plan_id, dialled)
-    if plan is None:
-        return number, []
-    cap = min(plan.max_call_seconds, settings.max_call_seconds)
-    choices: list[RouteChoice] = []
-    for route in find_routes(plan, number, at.astimezone(ZoneInfo(settings.timezone))):
-        seconds, amount = grant(route, available, cap)
-        trunk = plans.trunk(route.trunk) if route.trunk else None
-        dial = ""
-        if trunk is not None and seconds > 0:
-            options = f"U({settings.answer_subroutine}^{uniqueid})" + limit_option(
-                seconds, settings.dial_warning_seconds, settings.dial_warning_repeat_seconds
-            )
-            dial = (
-                f"{dial_string(trunk, number)},{settings.dial_ring_seconds},"
-                f"{options}{trunk.dial_options}"
-            )
-        choices.append(
-            RouteChoice(
-                table=route.table,
-                priority=route.priority,
-                prefix=route.rate.prefix,
-                destination=route.rate.destination,
-                rate=route.rate.rate,
-                buy_rate=route.rate.buy_rate,
-                trunk=route.trunk or "",
-                granted_seconds=seconds,
-                reserve=amount,
-                dial=dial,
-            )
-        )
-    return number, choices
+def route_grant(
+    route: Route, available: Decimal, cap: int, free: FreeAllowance | None = None
+) -> tuple[int, Decimal]:
+    """What a failover route would grant and hold (the pricer of :meth:`Ledger.regrant`);
+    (0, 0) when the credit cannot pay its first block."""
+    try:
+        return _pricer(route, cap, free.seconds if free is not None else 0)(available)
+    except InsufficientCreditError:
+        return 0, Decimal(0)
 
 
 def flow_settings(settings: Settings) -> FlowSettings:
