@@ -45,6 +45,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from callgate.schema.tables import CallStatus
+
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 300.0
@@ -65,20 +67,8 @@ DIAL_STATUSES = frozenset(
         "INVALIDARGS",
     }
 )
-CALL_STATUSES = frozenset(
-    {
-        "OK",
-        "NO_ACCOUNT",
-        "INACTIVE",
-        "EXPIRED",
-        "NO_CREDIT",
-        "NO_RATE",
-        "CHANNEL_LIMIT",
-        "CPS_LIMIT",
-        "ROUTE_FAILED",
-        "ERROR",
-    }
-)
+# Every CALLGATE_STATUS has its own label: the one list is the enum, never a copy of it.
+CALL_STATUSES = frozenset(status.value for status in CallStatus)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

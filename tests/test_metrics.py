@@ -18,6 +18,7 @@ from callgate.ami.fakeserver import FakeAmiServer, load_session, recorded_messag
 from callgate.cli.demo import seed_demo
 from callgate.cli.runtime import StartupError, open_runtime
 from callgate.config import AgiSettings, AmiSettings, MetricsSettings, Secret, load_settings
+from callgate.schema.tables import CallStatus
 from callgate.templates import read_template
 
 SESSION = Path(__file__).parent / "data" / "transcripts" / "ami-session.raw"
@@ -192,6 +193,20 @@ def test_labels_are_bounded() -> None:
     assert metrics.dial_status_label("") == "none"
     assert metrics.dial_status_label("5551234") == "other"
     assert metrics.status_label("OK") == "OK" and metrics.status_label("x") == "other"
+
+
+def test_every_call_status_is_counted_under_its_own_label() -> None:
+    # CLI_REJECTED was once counted as "other": the label list is now the enum itself.
+    for status in CallStatus:
+        before = metrics.REGISTRY.get_sample_value(
+            "callgate_calls_total", {"status": status.value, "dial_status": "none"}
+        )
+        metrics.observe_call(status.value, "", 0, None)
+        after = metrics.REGISTRY.get_sample_value(
+            "callgate_calls_total", {"status": status.value, "dial_status": "none"}
+        )
+        assert after == (before or 0.0) + 1, status
+    assert metrics.status_label(CallStatus.CLI_REJECTED) == "CLI_REJECTED"
 
 
 def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
