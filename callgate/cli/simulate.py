@@ -128,6 +128,8 @@ def simulate(
                 checks.append(f"caller ID presented as {state.presented_callerid}")
             if verdict.reason:
                 checks.append(verdict.reason)
+            if verdict.status == "OK" and not verdict.dial:
+                checks.append("the first route has no active trunk: the server fails over")
             routes = []
             for position, route in enumerate(verdict.routes):
                 if position == 0 and verdict.status == "OK":

@@ -9,6 +9,9 @@ recomputed for that route) -> read the answer stamp, the end time, DIALSTATUS,
 ANSWEREDTIME_MS, HANGUPCAUSE -> settle -> set CALLGATE_STATUS / CALLGATE_ACCOUNT /
 CALLGATE_MAXSEC / CALLGATE_HANGUPCAUSE -> the server closes the socket.
 
+The decision up to the first Dial string (identify, checks, rating, grant) is
+:class:`CallDecision`, shared with ``callgate simulate``, which runs it over read-only ports.
+
 Fail closed: any error before Dial ends the session without dialling. Once Dial has run, a call
 whose outcome cannot be read, or whose settle fails, keeps its reservation open: the reaper
 settles it from Asterisk's CDR, so no call goes unbilled.
