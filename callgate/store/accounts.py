@@ -65,6 +65,7 @@ from callgate.store._errors_map import mapped_errors
 from callgate.store.contacts import Contact, list_contacts
 from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
 from callgate.store.friends import mark_friends_stale
+from callgate.store.owners import refuse_taken
 from callgate.store.payments import Payment, list_payments
 from callgate.store.search import AccountCriteria, account_filter
 
@@ -408,11 +409,9 @@ async def add_callerid(conn: AsyncConnection, account_id: int, callerid: str) ->
     if not cid:
         raise InvalidDataError("a caller ID cannot be empty")
     async with mapped_errors(f"caller ID {cid}"):
-        taken = await conn.scalar(
-            select(account_callerids.c.id).where(account_callerids.c.callerid == cid)
+        await refuse_taken(
+            conn, f"caller ID {cid}", account_callerids, account_callerids.c.callerid == cid
         )
-        if taken is not None:
-            raise ConflictError(f"caller ID {cid!r} belongs to another account")
         new_id = await conn.scalar(
             insert(account_callerids)
             .values(account_id=account_id, callerid=cid)

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import contacts
 from callgate.store._errors_map import mapped_errors
-from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
+from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.owners import refuse_taken
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -113,8 +114,7 @@ async def add_contact(
     elif len(password) < 8:
         raise InvalidDataError("a contact password needs at least 8 characters")
     async with mapped_errors(f"contact {email}"):
-        if await conn.scalar(select(contacts.c.id).where(_email_is(email))):
-            raise ConflictError(f"a contact with e-mail {email!r} exists")
+        await refuse_taken(conn, f"contact e-mail {email}", contacts, _email_is(email))
         row = (
             await conn.execute(
                 insert(contacts)

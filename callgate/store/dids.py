@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from callgate.schema.tables import ChargeKind, EnabledStatus, accounts, dids, trunks
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.owners import refuse_taken
 from callgate.store.packages import PeriodCharge, charge_once
 
 _FRIEND = re.compile(r"(PJSIP|SIP|IAX2)/[A-Za-z0-9_.@+\-]+")
@@ -150,6 +151,7 @@ async def add_did(
     digits = normalise_did(number)
     _, dest = parse_destination(destination)
     async with mapped_errors(f"DID {digits}"):
+        await refuse_taken(conn, f"DID {digits}", dids, dids.c.number == digits)
         trunk_id: int | None = None
         if provider_trunk:
             trunk_id = await conn.scalar(select(trunks.c.id).where(trunks.c.name == provider_trunk))

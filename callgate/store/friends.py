@@ -40,6 +40,7 @@ from callgate.schema.tables import IpDirection, account_ips, accounts, iax_frien
 from callgate.schema.tables import settings as settings_table
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
+from callgate.store.owners import refuse_taken
 
 NAME_MAX = 40  # sippeers.name / iaxfriends.name are VARCHAR(40) in Asterisk's schema
 SECRET_BYTES = 24  # token_urlsafe(24): 32 characters, 192 bits
@@ -421,12 +422,15 @@ async def _account(conn: AsyncConnection, account_id: int) -> tuple[str, str]:
     return str(row.number), str(row.alias)
 
 
-async def _name_taken(conn: AsyncConnection, kind: FriendKind, name: str, but: int | None) -> bool:
+async def _refuse_name_taken(
+    conn: AsyncConnection, kind: FriendKind, name: str, but: int | None
+) -> None:
+    """ConflictError naming the owner when another account's friend has ``name``."""
     table = _TABLES[kind]
-    query = select(table.c.id).where(table.c.name == name)
+    where = [table.c.name == name]
     if but is not None:
-        query = query.where(table.c.account_id != but)
-    return (await conn.scalar(query.limit(1))) is not None
+        where.append(table.c.account_id != but)
+    await refuse_taken(conn, f"{_LABEL[kind]} friend name {name!r}", table, *where)
 
 
 async def create_friend(
@@ -449,8 +453,7 @@ async def create_friend(
         chosen = validate_name(alias if name is None else name)
         if chosen == number:
             raise InvalidDataError("the account number is secret: it cannot name a friend")
-        if await _name_taken(conn, kind, chosen, None):
-            raise ConflictError(f"a {_LABEL[kind]} friend named {chosen!r} exists")
+        await _refuse_name_taken(conn, kind, chosen, None)
         values = dict(SIP_DEFAULTS) if kind is FriendKind.SIP else {}
         values.update({k: v for k, v in options.items() if v is not None})
         values = validate_friend_fields(kind, values)
@@ -481,8 +484,7 @@ async def update_friend(
             values["name"] = validate_name(name)
             if values["name"] == current.accountcode:
                 raise InvalidDataError("the account number is secret: it cannot name a friend")
-            if await _name_taken(conn, kind, values["name"], account_id):
-                raise ConflictError(f"a {_LABEL[kind]} friend named {values['name']!r} exists")
+            await _refuse_name_taken(conn, kind, values["name"], account_id)
         if new_secret:
             values["secret"] = generate_secret()
         changed = {k: v for k, v in values.items() if getattr(current, k) != v}

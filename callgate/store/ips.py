@@ -35,6 +35,7 @@ from callgate.schema.tables import IpDirection, account_ips
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, NotFoundError
 from callgate.store.friends import mark_identify_stale
+from callgate.store.owners import refuse_taken
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -189,6 +190,14 @@ async def add_ip(
         "direction": direction.value,
     }
     async with mapped_errors(f"IP {normalised}"):
+        prefix_text = f" with tech prefix {values['tech_prefix']}" if values["tech_prefix"] else ""
+        await refuse_taken(
+            conn,
+            f"IP {normalised}{prefix_text}",
+            account_ips,
+            account_ips.c.address == normalised,
+            account_ips.c.tech_prefix == values["tech_prefix"],
+        )
         new_id = await conn.scalar(insert(account_ips).values(**values).returning(account_ips.c.id))
         if direction is IpDirection.INGRESS:
             await mark_identify_stale(conn, account_id, f"ingress IP {normalised} added")

@@ -614,7 +614,7 @@ def test_logins_are_one_login_whatever_their_case(db_url: str, tmp_path: Path) -
     fails(
         db_url,
         *("accounts", "contact", "add", "alice", "--name", "C", "--email", "CAT@example.COM"),
-        match="exists",
+        match="already assigned to account cat",
     )
     ok(db_url, "accounts", "contact", "remove", "cat", "CAT@EXAMPLE.COM")
     assert as_json(ok(db_url, "accounts", "contact", "list", "cat", "--json")) == []
@@ -643,7 +643,15 @@ def test_groups_callerids_contacts_and_info(db_url: str) -> None:
     # caller IDs
     ok(db_url, "accounts", "callerid", "add", "ann", "5551001")
     ok(db_url, "accounts", "callerid", "add", "ann", "5551002")
-    fails(db_url, "accounts", "callerid", "add", "ann", "5551001", match="another account")
+    fails(
+        db_url,
+        "accounts",
+        "callerid",
+        "add",
+        "ann",
+        "5551001",
+        match="assigned to account ann",
+    )
     fails(db_url, "accounts", "callerid", "add", "nobody", "5551003", match="no account")
     ok(db_url, "accounts", "callerid", "remove", "ann", "5551002")
     fails(db_url, "accounts", "callerid", "remove", "ann", "5551002", match="no caller ID")
@@ -672,7 +680,7 @@ def test_groups_callerids_contacts_and_info(db_url: str) -> None:
         "X",
         "--email",
         "ann@example.com",
-        match="exists",
+        match="already assigned to account",
     )
     fails(
         db_url,

@@ -85,7 +85,7 @@ def test_ip_entries_and_caller_id_rules(db_url: str) -> None:
     run("accounts", "ip", "add", "3000000001", "203.0.113.7/24", "--channels", "4", "--cps", "2")
     run("accounts", "ip", "add", "3000000002", "203.0.113.0/24", "--tech-prefix", "77")
     taken = run("accounts", "ip", "add", "3000000002", "203.0.113.0/24", ok=False)
-    assert taken.exit_code == 1 and "already exists" in taken.output
+    assert taken.exit_code == 1 and "is already assigned to account" in taken.output
     entries = run.json("accounts", "ip", "list")
     assert [(e["account"], e["address"], e["tech_prefix"]) for e in entries] == [
         ("3000000001", "203.0.113.0/24", ""),
@@ -194,3 +194,43 @@ def test_alerts_and_recordings(db_url: str) -> None:
     assert run("recordings", "path", "1700000000.7").stdout.strip() == "/rec/1700000000.7.wav"
     missing = run("recordings", "path", "nope", ok=False)
     assert missing.exit_code == 1 and "no recording" in missing.output
+
+
+def test_duplicates_name_what_exists_and_its_owner(db_url: str) -> None:
+    # Once: "IP 203.0.113.0/24: already exists (UNIQUE constraint failed: account_ips...)".
+    _seed(db_url)
+    run = Cli(db_url)
+    run("accounts", "update", "3000000001", "--alias", "alice", "--first-name", "Alice")
+    run("accounts", "update", "alice", "--last-name", "Smith")
+    run("accounts", "ip", "add", "alice", "203.0.113.0/24", "--tech-prefix", "77")
+    run("accounts", "callerid", "add", "alice", "15551230001")
+    run("dids", "add", "442070000001", "PJSIP/alice", "--account", "alice")
+    run("accounts", "contact", "add", "alice", "--name", "A", "--email", "a@example.com")
+    run("accounts", "friend", "add", "alice", "--sip", "--name", "trunk1")
+    owner = "account alice (Alice Smith)"
+    cases = {
+        ("accounts", "ip", "add", "3000000002", "203.0.113.0/24", "--tech-prefix", "77"): (
+            "IP 203.0.113.0/24 with tech prefix 77"
+        ),
+        ("accounts", "callerid", "add", "3000000002", "15551230001"): "caller ID 15551230001",
+        ("dids", "add", "442070000001", "PJSIP/x", "--account", "3000000002"): "DID 442070000001",
+        (
+            "accounts",
+            "contact",
+            "add",
+            "3000000002",
+            "--name",
+            "B",
+            "--email",
+            "A@Example.com",
+        ): "contact e-mail a@example.com",
+        ("accounts", "friend", "add", "3000000002", "--sip", "--name", "trunk1"): (
+            "SIP friend name 'trunk1'"
+        ),
+    }
+    for argv, what in cases.items():
+        refused = run(*argv, ok=False)
+        assert refused.exit_code == 1, (argv, refused.output)
+        assert f"{what} is already assigned to {owner}" in refused.output, refused.output
+        for raw in ("UNIQUE constraint", "duplicate key", "INSERT", "account_ips."):
+            assert raw not in refused.output

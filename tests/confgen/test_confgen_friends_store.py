@@ -60,7 +60,7 @@ async def test_one_friend_per_kind_and_unique_names(engine: AsyncEngine) -> None
         await fr.create_friend(conn, FriendKind.SIP, a.id)
         with pytest.raises(ConflictError, match="already has a SIP friend"):
             await fr.create_friend(conn, FriendKind.SIP, a.id)
-        with pytest.raises(ConflictError, match="named 'alice'"):
+        with pytest.raises(ConflictError, match="name 'alice' is already assigned"):
             await fr.create_friend(conn, FriendKind.SIP, b.id, name="alice")
         with pytest.raises(InvalidDataError, match="account number is secret"):
             await fr.create_friend(conn, FriendKind.IAX, b.id, name=b.number)
