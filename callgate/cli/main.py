@@ -24,6 +24,7 @@ from callgate.cli import alerts as alerts_cmd
 from callgate.cli import calls as calls_cmd
 from callgate.cli import cdr as cdr_cmd
 from callgate.cli import channels as channels_cmd
+from callgate.cli import currencies as currencies_cmd
 from callgate.cli import dids as dids_cmd
 from callgate.cli import ips as ips_cmd
 from callgate.cli import packages as packages_cmd
@@ -111,6 +112,7 @@ cli.add_command(dids_cmd.dids)
 cli.add_command(packages_cmd.packages)
 cli.add_command(alerts_cmd.alerts)
 cli.add_command(recordings_cmd.recordings)
+cli.add_command(currencies_cmd.currencies)
 
 
 def main() -> None:

@@ -33,7 +33,13 @@ from callgate.rating.errors import (
     RatingError,
 )
 from callgate.rating.model import Interner, Quote, Rate, Route, RoutingMode
-from callgate.rating.money import MONEY_LIMIT, MONEY_PLACES, parse_money, quantize_money
+from callgate.rating.money import (
+    MONEY_LIMIT,
+    MONEY_PLACES,
+    in_currency,
+    parse_money,
+    quantize_money,
+)
 from callgate.rating.plan import CallPlan, PlanTable, find_routes, quote
 from callgate.rating.prefix import PrefixIndex, rate_applies
 from callgate.rating.windows import in_validity, in_week_window, week_minute
@@ -63,6 +69,7 @@ __all__ = [
     "in_validity",
     "in_week_window",
     "max_duration",
+    "in_currency",
     "parse_money",
     "quantize_money",
     "quote",

@@ -11,7 +11,14 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from callgate.rating.errors import InvalidRateError
 
-__all__ = ["MONEY_LIMIT", "MONEY_PLACES", "MONEY_QUANTUM", "parse_money", "quantize_money"]
+__all__ = [
+    "MONEY_LIMIT",
+    "MONEY_PLACES",
+    "MONEY_QUANTUM",
+    "in_currency",
+    "parse_money",
+    "quantize_money",
+]
 
 MONEY_PLACES = 5
 MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)  # Decimal("0.00001")
@@ -26,6 +33,14 @@ _MONEY_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 def quantize_money(value: Decimal) -> Decimal:
     """Round `value` to `MONEY_PLACES` decimals, ROUND_HALF_UP. The only rounding of money."""
     return value.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def in_currency(amount: Decimal, value: Decimal, decimals: int = MONEY_PLACES) -> Decimal:
+    """``amount`` (base currency) shown in a currency worth ``value`` base units, with that
+    currency's ``decimals`` (at most 5), ROUND_HALF_UP. For display: balances are kept in the
+    base currency, so this never feeds back into a charge."""
+    places = max(0, min(decimals, MONEY_PLACES))
+    return (amount / value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
 def parse_money(text: str, field: str) -> Decimal:

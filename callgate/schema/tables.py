@@ -128,7 +128,10 @@ currencies = Table(
     Column("value", Money(), nullable=False),
     Column("is_base", Boolean(), nullable=False, server_default="0"),
     Column("updated_at", UtcDateTime(), nullable=False, server_default=func.now()),
+    # decimals shown for amounts in this currency (balances are kept in the base currency)
+    Column("decimals", Integer(), nullable=False, server_default="2"),
     CheckConstraint("value > 0", name="value_positive"),
+    CheckConstraint("decimals >= 0 AND decimals <= 5", name="decimals_range"),
     CheckConstraint("length(code) = 3", name="code_length"),
 )
 

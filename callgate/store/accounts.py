@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callgate.rating import parse_money, quantize_money
+from callgate.rating import in_currency, parse_money, quantize_money
 from callgate.rating.errors import InvalidRateError
 from callgate.schema.tables import (
     AccountStatus,
@@ -1037,6 +1037,7 @@ def _listing_columns(open_res: Any) -> dict[str, Any]:
     columns["group"] = customer_groups.c.name.label("group")
     columns["plan"] = call_plans.c.name.label("plan")
     columns["currency_value"] = currencies.c.value.label("currency_value")
+    columns["currency_decimals"] = currencies.c.decimals.label("currency_decimals")
     columns["in_use"] = func.coalesce(open_res.c.n, 0).label("in_use")
     columns["sip"] = sip_friends.c.id.is_not(None).label("sip")
     columns["iax"] = iax_friends.c.id.is_not(None).label("iax")
@@ -1054,8 +1055,8 @@ def _listing_from(open_res: Any) -> Any:
     )
 
 
-def _in_currency(balance: Decimal, value: Decimal) -> Decimal:
-    return quantize_money(balance / value)
+def _in_currency(balance: Decimal, value: Decimal, decimals: int) -> Decimal:
+    return in_currency(balance, value, decimals)
 
 
 async def count_accounts(conn: AsyncConnection, criteria: AccountCriteria) -> int:
@@ -1122,7 +1123,7 @@ async def list_accounts(
             last_name=r.last_name,
             group=r.group,
             balance=r.balance,
-            balance_currency=_in_currency(r.balance, r.currency_value),
+            balance_currency=_in_currency(r.balance, r.currency_value, r.currency_decimals),
             plan=r.plan,
             status=AccountStatus(r.status),
             language=r.language,
@@ -1401,7 +1402,9 @@ async def iter_export_rows(
             full.update(
                 group=m["group"],
                 plan=m["plan"],
-                balance_currency=_in_currency(m["balance"], m["currency_value"]),
+                balance_currency=_in_currency(
+                    m["balance"], m["currency_value"], m["currency_decimals"]
+                ),
                 in_use=int(m["in_use"]),
                 sip=bool(m["sip"]),
                 iax=bool(m["iax"]),
@@ -1635,7 +1638,9 @@ async def account_info(conn: AsyncConnection, account_id: int, *, last: int = 10
     account = await fetch_account(conn, account_id)
     names = (
         await conn.execute(
-            select(call_plans.c.name, customer_groups.c.name, currencies.c.value)
+            select(
+                call_plans.c.name, customer_groups.c.name, currencies.c.value, currencies.c.decimals
+            )
             .select_from(
                 accounts.join(call_plans, call_plans.c.id == accounts.c.call_plan_id)
                 .join(currencies, currencies.c.code == accounts.c.currency)
@@ -1695,7 +1700,7 @@ async def account_info(conn: AsyncConnection, account_id: int, *, last: int = 10
         account=account,
         group=names[1],
         plan=names[0],
-        balance_in_currency=_in_currency(account.balance, names[2]),
+        balance_in_currency=_in_currency(account.balance, names[2], names[3]),
         in_use=int(held[0]),
         reserved=reserved,
         available=account.balance + account.debit_limit - reserved,

@@ -389,7 +389,7 @@ def test_export_csv_and_xml_parse_back_and_import_round_trips(db_url: str, tmp_p
         "12.50000",
     )
     assert ben["private_notes"] == "line one\nline <two> & more"
-    assert ben["balance_currency"] == "0.00000" and ben["currency"] == "EUR"
+    assert ben["balance_currency"] == "0.00" and ben["currency"] == "EUR"
     subset = ok(
         db_url, "accounts", "export", "--status", "inactive", "--columns", "alias,status,plan"
     ).stdout
