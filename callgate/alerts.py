@@ -157,7 +157,7 @@ class AlertService:
             pending = await alert_store.pending_emails(conn)
         sent = 0
         for notification_id in pending:
-            async with mapped_errors("alerts"), self.engine.begin() as conn:
+            async with mapped_errors("alerts"), write_transaction(self.engine) as conn:
                 claimed = await alert_store.claim_email(conn, notification_id)
             if claimed is None:
                 continue
@@ -165,10 +165,10 @@ class AlertService:
                 await self.send(claimed.recipient, claimed.subject, claimed.body)
             except AlertDeliveryError as exc:
                 log.warning("alert e-mail %s to %s: %s", claimed.id, claimed.recipient, exc)
-                async with mapped_errors("alerts"), self.engine.begin() as conn:
+                async with mapped_errors("alerts"), write_transaction(self.engine) as conn:
                     await alert_store.mark_failed(conn, claimed.id, str(exc))
                 continue
-            async with mapped_errors("alerts"), self.engine.begin() as conn:
+            async with mapped_errors("alerts"), write_transaction(self.engine) as conn:
                 await alert_store.mark_sent(conn, claimed.id, now=self.clock())
             sent += 1
         return sent

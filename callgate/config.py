@@ -67,6 +67,9 @@ class AgiSettings:
     host: str = "127.0.0.1"
     port: int = 4573
     allow: tuple[str, ...] = ()  # Asterisk addresses or CIDRs allowed to connect; empty = any
+    # "address=name" per Asterisk box: the name keys its calls (with the uniqueid); an address
+    # not listed keys its calls by the address itself
+    system_names: tuple[str, ...] = ()
     max_sessions: int = 5000
     max_setups: int = 50  # direct-dial calls between header and Dial; beyond: refused (cause 42)
     header_timeout_ms: int = 5000

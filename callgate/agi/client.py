@@ -733,9 +733,11 @@ class FakeAsterisk:
         linger_timeout_ms: int = 5_000,
         connect_timeout_ms: int = 5_000,
         write_timeout_ms: int = 5_000,
+        source_address: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.source_address = source_address  # connect from this address (a second Asterisk)
         self.linger_timeout_ms = linger_timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
         self.write_timeout_ms = write_timeout_ms
@@ -754,7 +756,10 @@ class FakeAsterisk:
         try:
             async with asyncio.timeout(self.connect_timeout_ms / 1000):
                 reader, writer = await asyncio.open_connection(
-                    self.host, self.port, limit=MAX_LINE_BYTES
+                    self.host,
+                    self.port,
+                    limit=MAX_LINE_BYTES,
+                    local_addr=None if self.source_address is None else (self.source_address, 0),
                 )
         except (OSError, TimeoutError) as exc:
             return FakeCallResult(

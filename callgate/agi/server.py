@@ -46,6 +46,45 @@ def _parse_allow(allow: Sequence[str]) -> tuple[_IpNetwork, ...]:
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in allow)
 
 
+def _normal_address(text: str) -> str:
+    """An address as the key of a call: ``::ffff:10.0.0.5`` is ``10.0.0.5``, no zone id."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def parse_system_names(items: Sequence[str]) -> dict[str, str]:
+    """``["10.0.0.5=ast-a", ...]`` as {address: name}; raises ValueError on a bad entry."""
+    names: dict[str, str] = {}
+    for item in items:
+        address, sep, name = item.partition("=")
+        address, name = address.strip(), name.strip()
+        if not sep or not address or not name:
+            raise ValueError(f"agi.system_names entry {item!r}: expected address=name")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError as exc:
+            raise ValueError(
+                f"agi.system_names entry {item!r}: {address!r} is not an IP address"
+            ) from exc
+        if len(name) > 64:
+            raise ValueError(f"agi.system_names entry {item!r}: the name is over 64 characters")
+        names[_normal_address(address)] = name
+    return names
+
+
+def asterisk_key(peer: object, names: Mapping[str, str]) -> str:
+    """Which Asterisk a FastAGI peer is: its configured system name, else its address."""
+    if not isinstance(peer, tuple) or not peer:
+        return ""
+    address = _normal_address(str(peer[0]))
+    return names.get(address, address)
+
+
 class AgiServer:
     """FastAGI server.
 
@@ -62,6 +101,7 @@ class AgiServer:
         host: str = "127.0.0.1",
         port: int = 4573,
         allow: Sequence[str] = (),
+        system_names: Mapping[str, str] | None = None,
         max_sessions: int = 1000,
         header_timeout_ms: int = DEFAULT_HEADER_TIMEOUT_MS,
         command_timeout_ms: int = DEFAULT_COMMAND_TIMEOUT_MS,
@@ -75,6 +115,7 @@ class AgiServer:
         self._host = host
         self._port = port
         self._allow = _parse_allow(allow)
+        self._system_names = dict(system_names or {})
         self._max_sessions = max_sessions
         self._header_timeout_ms = header_timeout_ms
         self._command_timeout_ms = command_timeout_ms
@@ -259,6 +300,7 @@ class AgiServer:
                 outcome = SessionOutcome.NO_HEADER
                 log.info("FastAGI header from %s: %s", peer, exc)
                 return
+            session.asterisk = asterisk_key(peer, self._system_names)
             current_uniqueid.set(session.env.uniqueid)
             outcome = await self._dispatch(session)
         finally:

@@ -131,6 +131,9 @@ class AgiSession:
         self._writer = writer
         self.env = env
         self.command_timeout_ms = command_timeout_ms
+        #: which Asterisk sent the call (the server sets it: ``[agi] system_names``, else the
+        #: peer's address); with the uniqueid it is the call's key
+        self.asterisk = ""
         self._parser = ReplyReader()
         self._lock = asyncio.Lock()
         self._broken: str | None = None

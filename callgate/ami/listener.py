@@ -30,7 +30,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +41,7 @@ from callgate.ami.client import AmiClient, AmiSubscription, Overflow
 from callgate.ami.codec import AmiMessage
 from callgate.store.cdrs import AsteriskCdr, cdr_from_fields, store_cdrs
 from callgate.store.channels import LiveChannel, replace_channels, write_channels
+from callgate.store.db import write_transaction
 from callgate.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class AmiListener:
         engine: AsyncEngine,
         *,
         server: str = "asterisk",
+        asterisk: str = "",
         batch_size: int = 500,
         queue_size: int = 20_000,
         resync_timeout: float = 30.0,
@@ -162,6 +164,10 @@ class AmiListener:
             raise ValueError("batch_size must be >= 1")
         self.engine = engine
         self.server = server
+        #: the key of this Asterisk in the call tables (its system name or address, as the
+        #: FastAGI side keys its calls): stored on each CDR so the reaper matches the right one
+        #: ("": unnamed, matched to a reservation of any Asterisk)
+        self.asterisk = asterisk
         self.batch_size = batch_size
         self.queue_size = queue_size
         self.resync_timeout = resync_timeout
@@ -292,7 +298,9 @@ class AmiListener:
             self._events += 1
             if name == CDR_EVENT:
                 self._cdrs_seen += 1
-                self._pending_cdrs.append(cdr_from_event(event, self.clock()))
+                self._pending_cdrs.append(
+                    replace(cdr_from_event(event, self.clock()), asterisk=self.asterisk)
+                )
                 if len(self._pending_cdrs) > MAX_PENDING_CDRS:
                     lost = self._pending_cdrs.pop(0)
                     log.error("AMI %s: CDR backlog full, dropped %s", self.server, lost.uniqueid)
@@ -466,7 +474,10 @@ class AmiListener:
         everything = [c.row(self.server) for c in self._channels.values()] if rewrite else []
         cdrs = list(self._pending_cdrs)
         try:
-            async with self.engine.begin() as conn:
+            # the process's one writer discipline (SQLite: the writer lock, BEGIN IMMEDIATE):
+            # a deferred transaction that reads the fingerprints then inserts could not take
+            # the write lock after a settle committed ("database is locked" at once)
+            async with write_transaction(self.engine) as conn:
                 if rewrite:
                     await replace_channels(conn, self.server, everything)
                 else:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callgate import metrics
 from callgate.agi.flows.call import MAX_TRUNK_CHAIN, CallFlows, flow_settings
 from callgate.agi.flows.did import DidFlow
-from callgate.agi.server import AgiServer
+from callgate.agi.server import AgiServer, asterisk_key, parse_system_names
 from callgate.alerts import AlertService, SmtpSender
 from callgate.ami.client import AmiClient
 from callgate.ami.listener import AmiListener
@@ -119,6 +119,12 @@ async def open_runtime(
         await engine.dispose()
         raise StartupError(f"cannot load the trunks: {exc}") from exc
     policy = flow_settings(settings)
+    try:
+        system_names = parse_system_names(settings.agi.system_names)
+    except ValueError as exc:
+        await cache.close()
+        await engine.dispose()
+        raise StartupError(str(exc)) from exc
     flows = CallFlows(
         accounts=SqlAccounts(engine),
         plans=routing,
@@ -136,6 +142,7 @@ async def open_runtime(
         host=agi.host,
         port=agi.port,
         allow=agi.allow,
+        system_names=system_names,
         max_sessions=agi.max_sessions,
         header_timeout_ms=agi.header_timeout_ms,
         command_timeout_ms=agi.command_timeout_ms,
@@ -196,7 +203,10 @@ async def start_monitoring(runtime: Runtime) -> None:
     runtime.spawn("reaper", lambda: run_reaper(engine, interval_seconds=interval, zone=zone))
     runtime.spawn("live-gauges", lambda: run_live_gauges(engine))
     if settings.ami.enabled:
-        listener = AmiListener(engine, server="asterisk")
+        names = parse_system_names(settings.agi.system_names)  # checked at start-up
+        listener = AmiListener(
+            engine, server="asterisk", asterisk=asterisk_key((settings.ami.host,), names)
+        )
         client = AmiClient.from_settings(settings.ami, on_login=listener.on_login)
         listener.attach(client)
         client.start()

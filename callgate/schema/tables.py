@@ -473,7 +473,10 @@ reservations = Table(
     "reservations",
     metadata,
     Column("id", Integer(), primary_key=True),
-    Column("uniqueid", String(64), nullable=False, unique=True),  # Asterisk's call key
+    Column("uniqueid", String(64), nullable=False),  # Asterisk's call key, with asterisk
+    # the Asterisk that sent the call ([agi] system_names, else its address): two Asterisk boxes
+    # can issue the same uniqueid, so the call key is (asterisk, uniqueid)
+    Column("asterisk", String(64), nullable=False, server_default=""),
     Column(
         "account_id",
         Integer(),
@@ -494,6 +497,7 @@ reservations = Table(
     Column("note", Text(), nullable=False, server_default=""),
     CheckConstraint(_in("status", ReservationStatus), name="status"),
     CheckConstraint("amount >= 0 AND granted_seconds >= 0", name="amount"),
+    UniqueConstraint("asterisk", "uniqueid", name="uq_reservations_asterisk_uniqueid"),
 )
 Index("ix_reservations_account_status", reservations.c.account_id, reservations.c.status)
 Index("ix_reservations_status_expires", reservations.c.status, reservations.c.expires_at)
@@ -502,7 +506,8 @@ calls = Table(
     "calls",
     metadata,
     Column("id", Integer(), primary_key=True),
-    Column("uniqueid", String(64), nullable=False, unique=True),
+    Column("uniqueid", String(64), nullable=False),
+    Column("asterisk", String(64), nullable=False, server_default=""),
     Column(
         "account_id",
         Integer(),
@@ -539,7 +544,9 @@ calls = Table(
     CheckConstraint(_in("status", CallStatus), name="status"),
     CheckConstraint("billsec >= 0 AND granted_seconds >= 0", name="seconds"),
     CheckConstraint("cost >= 0 AND buy_cost >= 0", name="cost"),
+    UniqueConstraint("asterisk", "uniqueid", name="uq_calls_asterisk_uniqueid"),
 )
+Index("ix_calls_uniqueid", calls.c.uniqueid)
 Index("ix_calls_account_started", calls.c.account_id, calls.c.started_at)
 Index("ix_calls_started", calls.c.started_at)
 
@@ -550,6 +557,7 @@ asterisk_cdrs = Table(
     # sha256 over the event's fields: the same Cdr event seen twice is stored once
     Column("fingerprint", String(64), nullable=False, unique=True),
     Column("uniqueid", String(64), nullable=False),
+    Column("asterisk", String(64), nullable=False, server_default=""),  # the listener's server
     Column("linkedid", String(64), nullable=False, server_default=""),
     Column("accountcode", String(64), nullable=False, server_default=""),
     Column("source", String(64), nullable=False, server_default=""),
@@ -778,7 +786,8 @@ package_usage = Table(
         ForeignKey("account_packages.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Column("uniqueid", String(64), nullable=False, unique=True),  # one package per call
+    Column("uniqueid", String(64), nullable=False),  # one package per call
+    Column("asterisk", String(64), nullable=False, server_default=""),
     Column("period", String(16), nullable=False),  # 2026-11, 2026-W47, 2026-11-22
     Column("seconds", Integer(), nullable=False, server_default="0"),  # held, then used
     Column("status", String(8), nullable=False, server_default=PackageUseStatus.OPEN.value),
@@ -786,6 +795,7 @@ package_usage = Table(
     _created(),
     CheckConstraint(_in("status", PackageUseStatus), name="status"),
     CheckConstraint("seconds >= 0", name="seconds"),
+    UniqueConstraint("asterisk", "uniqueid", name="uq_package_usage_asterisk_uniqueid"),
 )
 Index(
     "ix_package_usage_account_package_period",

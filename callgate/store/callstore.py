@@ -24,6 +24,7 @@ from callgate.store import packages as package_store
 from callgate.store import rates as rate_store
 from callgate.store._errors_map import mapped_errors
 from callgate.store.accounts import Account, account_from_row
+from callgate.store.db import write_transaction
 from callgate.store.errors import NotFoundError
 from callgate.store.ports import CallerAccount, Grant, Refused, SettledCall, TrunkInfo
 
@@ -98,6 +99,7 @@ class SqlLedger:
         trunk: str,
         rate_id: int | None,
         limits: ledger.Limits = NO_LIMITS,
+        asterisk: str = "",
     ) -> Grant:
         try:
             res = await ledger.reserve(
@@ -111,6 +113,7 @@ class SqlLedger:
                 trunk=trunk,
                 rate_id=rate_id,
                 server=self.server,
+                asterisk=asterisk,
             )
         except ledger.LedgerRefusal as exc:
             raise Refused(exc.status.value, str(exc)) from exc
@@ -124,6 +127,7 @@ class SqlLedger:
         now: datetime,
         trunk: str,
         rate_id: int | None,
+        asterisk: str = "",
     ) -> Grant:
         try:
             res = await ledger.regrant(
@@ -134,6 +138,7 @@ class SqlLedger:
                 grace_seconds=self.grace_seconds,
                 trunk=trunk,
                 rate_id=rate_id,
+                asterisk=asterisk,
             )
         except ledger.LedgerRefusal as exc:
             raise Refused(exc.status.value, str(exc)) from exc
@@ -143,8 +148,8 @@ class SqlLedger:
         result = await ledger.settle(self.engine, record)
         return SettledCall(result.charged, result.balance, result.already_settled)
 
-    async def release(self, uniqueid: str, note: str) -> None:
-        await ledger.release(self.engine, uniqueid, note=note)
+    async def release(self, uniqueid: str, note: str, *, asterisk: str = "") -> None:
+        await ledger.release(self.engine, uniqueid, note=note, asterisk=asterisk)
 
     async def record_attempt(self, record: ledger.CallRecord) -> None:
         await ledger.record_attempt(self.engine, record)
@@ -238,7 +243,9 @@ class QuoteLedger:
         trunk: str,
         rate_id: int | None,
         limits: ledger.Limits = NO_LIMITS,
+        asterisk: str = "",
     ) -> Grant:
+        del asterisk  # nothing is reserved, so nothing is keyed
         try:
             available, granted, amount = await ledger.quote(
                 self.engine, account_id=account_id, price=price, now=now, limits=limits
@@ -295,7 +302,14 @@ class WholesaleData:
         )
 
     async def hold(
-        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        number: str,
+        cap: int,
+        now: datetime,
+        asterisk: str = "",
     ) -> package_store.FreeAllowance | None:
         return await package_store.hold_free_seconds(
             self.engine,
@@ -306,13 +320,14 @@ class WholesaleData:
             now=now,
             zone=self.zone,
             hold_seconds=cap + self.grace_seconds,
+            asterisk=asterisk,
         )
 
-    async def settle(self, uniqueid: str, used_seconds: int) -> None:
-        await package_store.settle_usage(self.engine, uniqueid, used_seconds)
+    async def settle(self, uniqueid: str, used_seconds: int, *, asterisk: str = "") -> None:
+        await package_store.settle_usage(self.engine, uniqueid, used_seconds, asterisk=asterisk)
 
-    async def release(self, uniqueid: str) -> None:
-        await package_store.release_usage(self.engine, uniqueid)
+    async def release(self, uniqueid: str, *, asterisk: str = "") -> None:
+        await package_store.release_usage(self.engine, uniqueid, asterisk=asterisk)
 
     # DidDirectory
     async def find_did(self, number: str) -> did_store.Did | None:
@@ -320,10 +335,12 @@ class WholesaleData:
             return await did_store.fetch_did(conn, number)
 
     # CallExtras
-    async def set_recording(self, uniqueid: str, path: str) -> None:
-        async with mapped_errors("recording path"), self.engine.begin() as conn:
+    async def set_recording(self, uniqueid: str, path: str, *, asterisk: str = "") -> None:
+        async with mapped_errors("recording path"), write_transaction(self.engine) as conn:
             await conn.execute(
-                update(calls).where(calls.c.uniqueid == uniqueid).values(recording=path)
+                update(calls)
+                .where(calls.c.uniqueid == uniqueid, calls.c.asterisk == asterisk)
+                .values(recording=path)
             )
 
 
@@ -332,8 +349,16 @@ class SimulatedWholesale(WholesaleData):
     package coverage; :meth:`hold` says what the live hold would hold, and holds nothing."""
 
     async def hold(
-        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        number: str,
+        cap: int,
+        now: datetime,
+        asterisk: str = "",
     ) -> package_store.FreeAllowance | None:
+        del asterisk  # nothing is held, so nothing is keyed
         return await package_store.peek_free_seconds(
             self.engine,
             account_id=account_id,

@@ -69,6 +69,7 @@ class AsteriskCdr:
     userfield: str = ""
     raw: str = ""  # every field of the event, JSON
     received_at: datetime | None = None
+    asterisk: str = ""  # which Asterisk sent it (the AMI listener's key)
 
     def values(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in _FIELDS}
@@ -185,7 +186,9 @@ def _row_to_cdr(row: Any) -> AsteriskCdr:
     return AsteriskCdr(**{name: m[name] for name in _FIELDS})
 
 
-async def billing_cdr(conn: AsyncConnection, uniqueid: str) -> AsteriskCdr | None:
+async def billing_cdr(
+    conn: AsyncConnection, uniqueid: str, *, asterisk: str | None = None
+) -> AsteriskCdr | None:
     """The billing CDR of the call whose AGI channel had ``uniqueid``, if AMI recorded it.
 
     The caller's leg with ``LastApplication: Dial`` and this UniqueID; failing that, a Dial CDR
@@ -193,12 +196,12 @@ async def billing_cdr(conn: AsyncConnection, uniqueid: str) -> AsteriskCdr | Non
     (failover), the answered one with the longest billsec.
     """
     c = asterisk_cdrs.c
+    where = [c.last_application == "Dial", or_(c.uniqueid == uniqueid, c.linkedid == uniqueid)]
+    if asterisk is not None:  # that Asterisk's, or one stored before CDRs named their Asterisk
+        where.append(or_(c.asterisk == asterisk, c.asterisk == ""))
     query = (
         select(asterisk_cdrs)
-        .where(
-            c.last_application == "Dial",
-            or_(c.uniqueid == uniqueid, c.linkedid == uniqueid),
-        )
+        .where(*where)
         .order_by(
             case((c.uniqueid == uniqueid, 0), else_=1),
             case((c.disposition == "ANSWERED", 0), else_=1),

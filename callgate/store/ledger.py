@@ -131,6 +131,7 @@ class CallRecord:
     buy_cost: Decimal = ZERO
     server: str = ""
     note: str = ""
+    asterisk: str = ""  # the Asterisk that sent the call: the key is (asterisk, uniqueid)
 
     def values(self) -> dict[str, Any]:
         data = asdict(self)
@@ -184,11 +185,15 @@ _LOCK_ACCOUNT = select(accounts).where(accounts.c.id == bindparam("account_id"))
 _RESERVED = select(func.coalesce(func.sum(reservations.c.amount), 0)).where(
     reservations.c.account_id == bindparam("account_id"), reservations.c.status == _OPEN
 )
-_RESERVED_EXCLUDING = _RESERVED.where(reservations.c.uniqueid != bindparam("exclude"))
+_RESERVED_EXCLUDING = _RESERVED.where(reservations.c.id != bindparam("exclude"))
 _INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
 _CLOSE_RESERVATION = (
     update(reservations)
-    .where(reservations.c.uniqueid == bindparam("r_uniqueid"), reservations.c.status == _OPEN)
+    .where(
+        reservations.c.uniqueid == bindparam("r_uniqueid"),
+        reservations.c.asterisk == bindparam("r_asterisk"),
+        reservations.c.status == _OPEN,
+    )
     .values(
         status=ReservationStatus.SETTLED.value,
         charged=bindparam("r_charged", type_=Money()),
@@ -196,7 +201,9 @@ _CLOSE_RESERVATION = (
     )
     .returning(reservations.c.id)
 )
-_CALL_EXISTS = select(calls.c.id).where(calls.c.uniqueid == bindparam("c_uniqueid"))
+_CALL_EXISTS = select(calls.c.id).where(
+    calls.c.uniqueid == bindparam("c_uniqueid"), calls.c.asterisk == bindparam("c_asterisk")
+)
 _CHARGE = (
     update(accounts)
     .where(accounts.c.id == bindparam("a_id"))
@@ -220,23 +227,22 @@ async def _lock_account(conn: AsyncConnection, account_id: int) -> Account:
     return account_from_row(row)
 
 
-async def _reserved(
-    conn: AsyncConnection, account_id: int, exclude_uniqueid: str | None
-) -> Decimal:
-    if exclude_uniqueid is None:
+async def _reserved(conn: AsyncConnection, account_id: int, exclude_id: int | None) -> Decimal:
+    if exclude_id is None:
         total = await conn.scalar(_RESERVED, {"account_id": account_id})
     else:
         total = await conn.scalar(
-            _RESERVED_EXCLUDING, {"account_id": account_id, "exclude": exclude_uniqueid}
+            _RESERVED_EXCLUDING, {"account_id": account_id, "exclude": exclude_id}
         )
     return Decimal(total) if total is not None else ZERO
 
 
 async def available_credit(
-    conn: AsyncConnection, account: Account, *, exclude_uniqueid: str | None = None
+    conn: AsyncConnection, account: Account, *, exclude_reservation: int | None = None
 ) -> Decimal:
-    """balance + debit_limit - the open reservations of the account's other calls."""
-    reserved = await _reserved(conn, account.id, exclude_uniqueid)
+    """balance + debit_limit - the open reservations of the account's other calls
+    (``exclude_reservation``: the id of the call's own reservation, for a regrant)."""
+    reserved = await _reserved(conn, account.id, exclude_reservation)
     return account.balance + account.debit_limit - reserved
 
 
@@ -311,6 +317,7 @@ async def reserve(
     trunk: str = "",
     rate_id: int | None = None,
     server: str = "",
+    asterisk: str = "",
 ) -> Reservation:
     """Reserve the credit of one call, in one transaction under the account's lock.
 
@@ -334,6 +341,7 @@ async def reserve(
                 "rate_id": rate_id,
                 "trunk": trunk,
                 "server": server,
+                "asterisk": asterisk,
                 "created_at": now,
                 "expires_at": expires,
             },
@@ -408,16 +416,21 @@ async def regrant(
     grace_seconds: int,
     trunk: str = "",
     rate_id: int | None = None,
+    asterisk: str = "",
 ) -> Reservation:
     """Recompute an open reservation for another route (failover), under the account lock."""
     async with mapped_errors("regrant"), write_transaction(engine) as conn:
         row = (
-            await conn.execute(select(reservations).where(reservations.c.uniqueid == uniqueid))
+            await conn.execute(
+                select(reservations).where(
+                    reservations.c.uniqueid == uniqueid, reservations.c.asterisk == asterisk
+                )
+            )
         ).first()
         if row is None or row.status != ReservationStatus.OPEN.value:
             raise NotFoundError(f"no open reservation for {uniqueid}")
         account = await _lock_account(conn, row.account_id)
-        available = await available_credit(conn, account, exclude_uniqueid=uniqueid)
+        available = await available_credit(conn, account, exclude_reservation=row.id)
         granted, amount = _priced(price, available)
         expires = now + timedelta(seconds=granted + grace_seconds)
         await conn.execute(
@@ -468,6 +481,7 @@ async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
                 _CLOSE_RESERVATION,
                 {
                     "r_uniqueid": record.uniqueid,
+                    "r_asterisk": record.asterisk,
                     "r_charged": charge,
                     "r_closed": record.ended_at or record.started_at,
                 },
@@ -475,7 +489,9 @@ async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
         ).first()
         found = closed is not None
         if not found:
-            if await conn.scalar(_CALL_EXISTS, {"c_uniqueid": record.uniqueid}):
+            if await conn.scalar(
+                _CALL_EXISTS, {"c_uniqueid": record.uniqueid, "c_asterisk": record.asterisk}
+            ):
                 balance = await conn.scalar(
                     select(accounts.c.balance).where(accounts.c.id == record.account_id)
                 )
@@ -497,13 +513,16 @@ async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
         return SettleResult(charged=charge, balance=balance, reservation_found=found)
 
 
-async def release(engine: AsyncEngine, uniqueid: str, *, note: str = "") -> bool:
+async def release(
+    engine: AsyncEngine, uniqueid: str, *, note: str = "", asterisk: str = ""
+) -> bool:
     """Close an open reservation without a charge (a call that never went out)."""
     async with mapped_errors("release"), write_transaction(engine) as conn:
         result = await conn.execute(
             update(reservations)
             .where(
                 reservations.c.uniqueid == uniqueid,
+                reservations.c.asterisk == asterisk,
                 reservations.c.status == ReservationStatus.OPEN.value,
             )
             .values(status=ReservationStatus.RELEASED.value, charged=ZERO, note=note)
@@ -521,21 +540,27 @@ async def record_attempt(engine: AsyncEngine, record: CallRecord) -> bool:
             await conn.execute(insert(calls).values(**record.values()))
     except StoreError as exc:
         if isinstance(exc.__cause__, IntegrityError):
-            existing = await _call_exists(engine, record.uniqueid)
+            existing = await _call_exists(engine, record.uniqueid, record.asterisk)
             if existing:
                 return False
         raise
     return True
 
 
-async def _call_exists(engine: AsyncEngine, uniqueid: str) -> bool:
+async def _call_exists(engine: AsyncEngine, uniqueid: str, asterisk: str) -> bool:
     async with engine.connect() as conn:
-        found = await conn.scalar(select(calls.c.id).where(calls.c.uniqueid == uniqueid))
+        found = await conn.scalar(_CALL_EXISTS, {"c_uniqueid": uniqueid, "c_asterisk": asterisk})
     return found is not None
 
 
-async def fetch_reservation(conn: AsyncConnection, uniqueid: str) -> dict[str, Any] | None:
+async def fetch_reservation(
+    conn: AsyncConnection, uniqueid: str, asterisk: str = ""
+) -> dict[str, Any] | None:
     row = (
-        await conn.execute(select(reservations).where(reservations.c.uniqueid == uniqueid))
+        await conn.execute(
+            select(reservations).where(
+                reservations.c.uniqueid == uniqueid, reservations.c.asterisk == asterisk
+            )
+        )
     ).first()
     return None if row is None else dict(row._mapping)

@@ -347,6 +347,7 @@ async def hold_free_seconds(
     now: datetime,
     zone: ZoneInfo,
     hold_seconds: int,
+    asterisk: str = "",
 ) -> FreeAllowance | None:
     """Hold the free seconds of a call to ``number`` (None: no package covers it or none left).
 
@@ -365,6 +366,7 @@ async def hold_free_seconds(
             insert(package_usage).values(
                 account_package_id=held.id,
                 uniqueid=uniqueid,
+                asterisk=asterisk,
                 period=period,
                 seconds=seconds,
                 status=PackageUseStatus.OPEN.value,
@@ -398,13 +400,16 @@ async def peek_free_seconds(
     return FreeAllowance(uniqueid, held.id, package.name, package.kind, period, seconds)
 
 
-async def settle_usage(engine: AsyncEngine, uniqueid: str, used_seconds: int) -> bool:
+async def settle_usage(
+    engine: AsyncEngine, uniqueid: str, used_seconds: int, *, asterisk: str = ""
+) -> bool:
     """The hold becomes the free seconds the call used; False if it was no longer open."""
-    async with mapped_errors("package settle"), engine.begin() as conn:
+    async with mapped_errors("package settle"), write_transaction(engine) as conn:
         result = await conn.execute(
             update(package_usage)
             .where(
                 package_usage.c.uniqueid == uniqueid,
+                package_usage.c.asterisk == asterisk,
                 package_usage.c.status == PackageUseStatus.OPEN.value,
             )
             .values(status=PackageUseStatus.SETTLED.value, seconds=max(0, used_seconds))
@@ -412,13 +417,14 @@ async def settle_usage(engine: AsyncEngine, uniqueid: str, used_seconds: int) ->
     return bool(result.rowcount)
 
 
-async def release_usage(engine: AsyncEngine, uniqueid: str) -> bool:
+async def release_usage(engine: AsyncEngine, uniqueid: str, *, asterisk: str = "") -> bool:
     """Give the held free seconds back (the call never went out)."""
-    async with mapped_errors("package release"), engine.begin() as conn:
+    async with mapped_errors("package release"), write_transaction(engine) as conn:
         result = await conn.execute(
             update(package_usage)
             .where(
                 package_usage.c.uniqueid == uniqueid,
+                package_usage.c.asterisk == asterisk,
                 package_usage.c.status == PackageUseStatus.OPEN.value,
             )
             .values(status=PackageUseStatus.RELEASED.value, seconds=0)

@@ -129,16 +129,25 @@ class CreditGate(Protocol):
         trunk: str,
         rate_id: int | None,
         limits: Limits = NO_LIMITS,
+        asterisk: str = "",
     ) -> Grant:
         """Reserve under the account lock; raises Refused (NO_CREDIT, CHANNEL_LIMIT...).
-        ``limits``: the IP authentication entry's channel and CPS limits. (``simulate``'s
-        implementation runs the same checks and price and reserves nothing.)"""
+        ``limits``: the IP authentication entry's channel and CPS limits. A call is keyed by
+        (``asterisk``, ``uniqueid``): two Asterisk boxes can issue the same uniqueid.
+        (``simulate``'s implementation runs the same checks and price and reserves nothing.)"""
         ...
 
 
 class Ledger(CreditGate, Protocol):
     async def regrant(
-        self, *, uniqueid: str, price: Pricer, now: datetime, trunk: str, rate_id: int | None
+        self,
+        *,
+        uniqueid: str,
+        price: Pricer,
+        now: datetime,
+        trunk: str,
+        rate_id: int | None,
+        asterisk: str = "",
     ) -> Grant:
         """Recompute the reservation for a failover route; raises Refused when unpayable."""
         ...
@@ -147,7 +156,7 @@ class Ledger(CreditGate, Protocol):
         """Charge, close the reservation and write the billing record (idempotent)."""
         ...
 
-    async def release(self, uniqueid: str, note: str) -> None:
+    async def release(self, uniqueid: str, note: str, *, asterisk: str = "") -> None:
         """Close a reservation without a charge."""
         ...
 
@@ -180,7 +189,14 @@ class FreeSeconds(Protocol):
         ...
 
     async def hold(
-        self, *, account_id: int, uniqueid: str, number: str, cap: int, now: datetime
+        self,
+        *,
+        account_id: int,
+        uniqueid: str,
+        number: str,
+        cap: int,
+        now: datetime,
+        asterisk: str = "",
     ) -> FreeAllowance | None:
         """Hold the call's free seconds (None: nothing left; ``simulate``'s implementation
         holds nothing)."""
@@ -188,11 +204,11 @@ class FreeSeconds(Protocol):
 
 
 class PackageLedger(FreeSeconds, Protocol):
-    async def settle(self, uniqueid: str, used_seconds: int) -> None:
+    async def settle(self, uniqueid: str, used_seconds: int, *, asterisk: str = "") -> None:
         """Record the free seconds the call used (idempotent)."""
         ...
 
-    async def release(self, uniqueid: str) -> None:
+    async def release(self, uniqueid: str, *, asterisk: str = "") -> None:
         """Give the held free seconds back (the call never went out)."""
         ...
 
@@ -204,7 +220,7 @@ class DidDirectory(Protocol):
 
 
 class CallExtras(Protocol):
-    async def set_recording(self, uniqueid: str, path: str) -> None:
+    async def set_recording(self, uniqueid: str, path: str, *, asterisk: str = "") -> None:
         """Store the recording's file on the call's billing record."""
         ...
 

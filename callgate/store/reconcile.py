@@ -175,10 +175,12 @@ async def _lock_account(conn: AsyncConnection, account_id: int) -> Any:
     return row
 
 
-async def _lock_reservation(conn: AsyncConnection, uniqueid: str) -> Any:
+async def _lock_reservation(conn: AsyncConnection, uniqueid: str, asterisk: str) -> Any:
     return (
         await conn.execute(
-            select(reservations).where(reservations.c.uniqueid == uniqueid).with_for_update()
+            select(reservations)
+            .where(reservations.c.uniqueid == uniqueid, reservations.c.asterisk == asterisk)
+            .with_for_update()
         )
     ).first()
 
@@ -197,8 +199,10 @@ async def _charge(
     return Decimal(balance)
 
 
-async def _call_exists(conn: AsyncConnection, uniqueid: str) -> bool:
-    found = await conn.scalar(select(calls.c.id).where(calls.c.uniqueid == uniqueid))
+async def _call_exists(conn: AsyncConnection, uniqueid: str, asterisk: str) -> bool:
+    found = await conn.scalar(
+        select(calls.c.id).where(calls.c.uniqueid == uniqueid, calls.c.asterisk == asterisk)
+    )
     return found is not None
 
 
@@ -246,16 +250,19 @@ def _record(
         buy_cost=priced.buy_cost,
         server=res.server,
         note=note,
+        asterisk=res.asterisk,
     )
 
 
 # -- the reaper ---------------------------------------------------------------------------------
 
 
-async def expired_open(conn: AsyncConnection, now: datetime, *, limit: int = 500) -> list[str]:
-    """Uniqueids of open reservations past their expiry, oldest first."""
+async def expired_open(
+    conn: AsyncConnection, now: datetime, *, limit: int = 500
+) -> list[tuple[str, str]]:
+    """(uniqueid, asterisk) of the open reservations past their expiry, oldest first."""
     query = (
-        select(reservations.c.uniqueid)
+        select(reservations.c.uniqueid, reservations.c.asterisk)
         .where(
             reservations.c.status == ReservationStatus.OPEN.value,
             reservations.c.expires_at < now,
@@ -264,27 +271,29 @@ async def expired_open(conn: AsyncConnection, now: datetime, *, limit: int = 500
         .limit(limit)
     )
     async with mapped_errors("expired reservations"):
-        return list((await conn.scalars(query)).all())
+        return [(row.uniqueid, row.asterisk) for row in (await conn.execute(query)).all()]
 
 
 async def reap_one(
-    engine: AsyncEngine, uniqueid: str, *, now: datetime, zone: tzinfo
+    engine: AsyncEngine, uniqueid: str, *, now: datetime, zone: tzinfo, asterisk: str = ""
 ) -> ReapOutcome | None:
     """Settle one expired open reservation from its CDR, or mark it unresolved (one
     transaction). None when it is not (or no longer) open and past its expiry."""
     async with mapped_errors("reap"), write_transaction(engine) as conn:
         first = (
             await conn.execute(
-                select(reservations.c.account_id).where(reservations.c.uniqueid == uniqueid)
+                select(reservations.c.account_id).where(
+                    reservations.c.uniqueid == uniqueid, reservations.c.asterisk == asterisk
+                )
             )
         ).first()
         if first is None:
             return None
         account = await _lock_account(conn, first.account_id)
-        res = await _lock_reservation(conn, uniqueid)
+        res = await _lock_reservation(conn, uniqueid, asterisk)
         if res is None or res.status != ReservationStatus.OPEN.value or res.expires_at >= now:
             return None  # settled meanwhile by its session, or regranted
-        cdr = await billing_cdr(conn, uniqueid)
+        cdr = await billing_cdr(conn, uniqueid, asterisk=asterisk)
         if cdr is None:
             await conn.execute(
                 update(reservations)
@@ -292,7 +301,7 @@ async def reap_one(
                 .values(status=ReservationStatus.UNRESOLVED.value, note=NO_CDR_NOTE)
             )
             return ReapOutcome(uniqueid, res.account_id, ReapResult.UNRESOLVED, note=NO_CDR_NOTE)
-        if await _call_exists(conn, uniqueid):
+        if await _call_exists(conn, uniqueid, asterisk):
             note = "a billing record of this call exists already: nothing charged"
             await _close(conn, res.id, ReservationStatus.EXPIRED, ZERO, now, note)
             return ReapOutcome(uniqueid, res.account_id, ReapResult.SETTLED, note=note)
@@ -339,8 +348,8 @@ async def reap(
     async with mapped_errors("reaper"), engine.connect() as conn:
         due = await expired_open(conn, now, limit=limit)
     outcomes: list[ReapOutcome] = []
-    for uniqueid in due:
-        outcome = await reap_one(engine, uniqueid, now=now, zone=zone)
+    for uniqueid, asterisk in due:
+        outcome = await reap_one(engine, uniqueid, now=now, zone=zone, asterisk=asterisk)
         if outcome is not None:
             outcomes.append(outcome)
     return outcomes
@@ -388,16 +397,26 @@ async def list_unresolved(
     return [_pending_from(row) for row in rows]
 
 
-async def _resolvable(conn: AsyncConnection, uniqueid: str, now: datetime) -> tuple[Any, Any]:
-    first = (
-        await conn.execute(
-            select(reservations.c.account_id).where(reservations.c.uniqueid == uniqueid)
+async def _resolvable(conn: AsyncConnection, key: str, now: datetime) -> tuple[Any, Any]:
+    """The reservation of ``key`` (``uniqueid``, or ``asterisk/uniqueid`` when two Asterisk
+    servers used that uniqueid), locked with its account."""
+    asterisk, _, uniqueid = key.rpartition("/")
+    query = select(reservations.c.account_id, reservations.c.asterisk).where(
+        reservations.c.uniqueid == uniqueid
+    )
+    if asterisk:
+        query = query.where(reservations.c.asterisk == asterisk)
+    found = (await conn.execute(query.limit(2))).all()
+    if not found:
+        raise NotFoundError(f"no reservation for call {key!r}")
+    if len(found) > 1:
+        raise InvalidDataError(
+            f"call {uniqueid!r} came from several Asterisk servers: name it as"
+            f" ASTERISK/{uniqueid} (e.g. {found[0].asterisk or '<none>'}/{uniqueid})"
         )
-    ).first()
-    if first is None:
-        raise NotFoundError(f"no reservation for call {uniqueid!r}")
+    first = found[0]
     account = await _lock_account(conn, first.account_id)
-    res = await _lock_reservation(conn, uniqueid)
+    res = await _lock_reservation(conn, uniqueid, first.asterisk)
     assert res is not None
     open_expired = res.status == ReservationStatus.OPEN.value and res.expires_at < now
     if res.status != ReservationStatus.UNRESOLVED.value and not open_expired:
@@ -417,7 +436,7 @@ async def settle_reservation(
         raise InvalidDataError("seconds must be >= 0")
     async with mapped_errors("settle reservation"), write_transaction(engine) as conn:
         account, res = await _resolvable(conn, uniqueid, now)
-        if await _call_exists(conn, uniqueid):
+        if await _call_exists(conn, res.uniqueid, res.asterisk):
             raise InvalidDataError(f"call {uniqueid} has a billing record already")
         priced = await _price(conn, res, seconds)
         note = f"settled by {who} for {seconds} s"
@@ -446,7 +465,7 @@ async def release_reservation(
         account, res = await _resolvable(conn, uniqueid, now)
         note = f"released by {who}: not charged"
         await _close(conn, res.id, ReservationStatus.RELEASED, ZERO, now, note)
-        if not await _call_exists(conn, uniqueid):
+        if not await _call_exists(conn, res.uniqueid, res.asterisk):
             priced = _Priced(None, "", 0, ZERO, ZERO, "")
             record = _record(res, priced, status=CallStatus.ERROR, note=note)
             await conn.execute(insert(calls).values(**record.values()))

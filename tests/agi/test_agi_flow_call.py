@@ -59,6 +59,7 @@ class Harness:
     server: AgiServer
     asterisk: FakeAsterisk
     account: account_store.Account
+    flows_plans: RoutingData
 
     async def call(self, emulator: AsteriskEmulator) -> FakeCallResult:
         return await self.asterisk.call(emulator.spec, emulator)
@@ -122,7 +123,7 @@ async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
     server = AgiServer({"call": flows.call, "card": flows.card}, port=0)
     await server.start()
     try:
-        yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account)
+        yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account, routing)
     finally:
         await server.shutdown(1)
 
@@ -344,3 +345,46 @@ async def test_overload_refuses_new_calls_at_once_without_the_database(engine: A
     assert (metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0) - shed_before == 1
     async with engine.connect() as conn:
         assert (await conn.execute(select(calls))).first() is None  # nothing written
+
+
+async def test_two_asterisk_servers_may_issue_the_same_uniqueid(harness: Harness) -> None:
+    """Calls are keyed by (Asterisk, uniqueid): the FastAGI peer's configured system name, else
+    its address. The same uniqueid from two boxes is two calls; from one box, still one."""
+    flows = CallFlows(
+        accounts=SqlAccounts(harness.engine),
+        plans=harness.flows_plans,
+        ledger=SqlLedger(harness.engine, grace_seconds=60),
+        settings=FlowSettings(dial_warning_seconds=30),
+    )
+    server = AgiServer({"call": flows.call}, port=0, system_names={"127.0.0.2": "ast-b"})
+    await server.start()
+    try:
+        box_a = FakeAsterisk("127.0.0.1", server.port, source_address="127.0.0.1")
+        box_b = FakeAsterisk("127.0.0.1", server.port, source_address="127.0.0.2")
+        for box in (box_a, box_b):
+            emulator = _emulator(
+                _spec("1763769600.42"), dial_outcomes=[DialOutcome.answered(20_000)]
+            )
+            result = await box.call(emulator.spec, emulator)
+            assert result.ok and emulator.variables["CALLGATE_STATUS"] == "OK"
+        async with harness.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(calls.c.asterisk, calls.c.cost, calls.c.status)
+                    .where(calls.c.uniqueid == "1763769600.42")
+                    .order_by(calls.c.asterisk)
+                )
+            ).all()
+        assert [(r.asterisk, r.cost, r.status) for r in rows] == [
+            ("127.0.0.1", Decimal("0.30000"), "OK"),  # 20 s bill one 30 s block of 0.60/min
+            ("ast-b", Decimal("0.30000"), "OK"),
+        ]
+        assert await harness.balance() == Decimal("0.40000")
+        # the same box sending that uniqueid again is the same call: nothing is charged twice
+        again = _emulator(_spec("1763769600.42"), dial_outcomes=[DialOutcome.answered(20_000)])
+        result = await box_b.call(again.spec, again)
+        assert again.variables["CALLGATE_STATUS"] == "ERROR" and not again.dials
+        assert await harness.balance() == Decimal("0.40000")
+        assert await harness.open_reservations() == 0
+    finally:
+        await server.shutdown(1)

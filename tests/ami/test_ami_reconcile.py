@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,8 +28,9 @@ from callgate.cli.main import cli
 from callgate.rating import Rate, cost, max_duration
 from callgate.schema.tables import accounts, calls, rates, reservations
 from callgate.store import accounts as account_store
-from callgate.store import ledger, plans
+from callgate.store import ledger, plans, reconcile
 from callgate.store.db import create_engine
+from callgate.store.errors import InvalidDataError
 
 SESSION = Path(__file__).parents[1] / "data" / "transcripts" / "ami-session.raw"
 RAW_CDRS = [m for m in recorded_messages(load_session(SESSION)) if m.startswith(b"Event: Cdr\r\n")]
@@ -106,10 +108,10 @@ async def balance_of(engine: AsyncEngine, account_id: int) -> Decimal:
     return value
 
 
-async def deliver_cdrs(engine: AsyncEngine, raws: list[bytes]) -> None:
+async def deliver_cdrs(engine: AsyncEngine, raws: list[bytes], *, asterisk: str = "") -> None:
     """Asterisk sends these Cdr events; the real listener stores them over a real socket."""
     async with FakeAmiServer(username=USER, secret=SECRET) as server:
-        listener = AmiListener(engine, server="pbx")
+        listener = AmiListener(engine, server="pbx", asterisk=asterisk)
         client = AmiClient(
             "127.0.0.1",
             server.port,
@@ -278,3 +280,36 @@ def test_calls_reap_runs_one_pass(db_url: str) -> None:
     reaped = _invoke(db_url, "calls", "reap", "--json")  # T0 is long past
     assert [(r["uniqueid"], r["result"]) for r in reaped] == [("gone-1", "unresolved")]
     assert _invoke(db_url, "calls", "reap", "--json") == []
+
+
+async def test_the_reaper_and_operators_tell_two_asterisk_servers_apart(
+    engine: AsyncEngine,
+) -> None:
+    """One uniqueid from two Asterisk boxes: the reaper settles each from its own box's CDR
+    only, and an operator must name the box."""
+    account_id, rate_id = await setup_account(engine, balance="5.00")
+    for box in ("ast-a", "ast-b"):
+        await ledger.reserve(
+            engine,
+            account_id=account_id,
+            uniqueid="t1174-full-2",
+            price=pricer(120),
+            now=T0,
+            grace_seconds=GRACE,
+            trunk="carrier-a",
+            rate_id=rate_id,
+            asterisk=box,
+        )
+    # only box a's AMI reports the call
+    await deliver_cdrs(engine, [cdr_of("t1174-full"), cdr_of("t1174-full-2")], asterisk="ast-a")
+    later = T0 + timedelta(hours=2)
+    outcomes = await reap_once(engine, zone=ZoneInfo("Europe/Paris"), now=later)
+    assert sorted((o.result.value, o.billsec) for o in outcomes) == [
+        ("settled", 6),  # ast-a: from its CDR
+        ("unresolved", 0),  # ast-b: no CDR of that box, so nothing is guessed
+    ]
+    with pytest.raises(InvalidDataError, match="ASTERISK/t1174-full-2"):
+        await reconcile.release_reservation(engine, "t1174-full-2", now=later)
+    resolved = await reconcile.release_reservation(engine, "ast-b/t1174-full-2", now=later)
+    assert resolved.charged == 0
+    assert await balance_of(engine, account_id) == Decimal("5.00") - cost(RATE, 6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ from callgate.rating import Rate, cost, max_duration
 from callgate.schema.tables import CallStatus, ReservationStatus, accounts, calls, reservations
 from callgate.store import accounts as acc
 from callgate.store import ledger, plans
+from callgate.store.errors import StoreError
 
 RATE = Rate(prefix="1", rate=Decimal("0.60"), initial_block=30, increment=6)
 CAP = 3600
@@ -265,3 +267,59 @@ async def test_a_call_paid_by_free_seconds_needs_no_credit(engine: AsyncEngine) 
         await ledger.reserve(
             engine, account_id=account.id, uniqueid="f2", price=price, now=now, grace_seconds=0
         )
+
+
+async def test_the_same_uniqueid_from_two_asterisk_servers_is_two_calls(
+    engine: AsyncEngine,
+) -> None:
+    account = await _account(engine, "10.00")
+    now = datetime.now(UTC)
+    for box in ("ast-a", "ast-b"):
+        res = await ledger.reserve(
+            engine,
+            account_id=account.id,
+            uniqueid="1763769600.7",
+            price=price_short,
+            now=now,
+            grace_seconds=60,
+            asterisk=box,
+        )
+        assert res.granted_seconds == 60
+    with pytest.raises(StoreError):  # one box, one uniqueid: one reservation
+        await ledger.reserve(
+            engine,
+            account_id=account.id,
+            uniqueid="1763769600.7",
+            price=price_short,
+            now=now,
+            grace_seconds=60,
+            asterisk="ast-a",
+        )
+    regranted = await ledger.regrant(
+        engine,
+        uniqueid="1763769600.7",
+        price=price_short,
+        now=now,
+        grace_seconds=0,
+        asterisk="ast-b",
+    )
+    assert regranted.available == Decimal("10.00") - Decimal("0.60")  # only ast-a's is excluded
+    record_a = replace(_record(account, "1763769600.7", billsec=30, granted=60), asterisk="ast-a")
+    record_b = replace(record_a, asterisk="ast-b", billsec=40, cost=cost(RATE, 40))
+    first = await ledger.settle(engine, record_a)
+    second = await ledger.settle(engine, record_b)
+    assert (first.charged, second.charged) == (Decimal("0.30000"), Decimal("0.42000"))
+    again = await ledger.settle(engine, record_b)  # idempotent per (asterisk, uniqueid)
+    assert again.already_settled and again.charged == 0
+    assert await _balance(engine, account.id) == Decimal("10.00") - Decimal("0.72000")
+    attempt = ledger.CallRecord(
+        uniqueid="1763769600.9", status=CallStatus.NO_ACCOUNT, started_at=now, asterisk="ast-a"
+    )
+    assert await ledger.record_attempt(engine, attempt) is True
+    assert await ledger.record_attempt(engine, replace(attempt, asterisk="ast-b")) is True
+    assert await ledger.record_attempt(engine, attempt) is False
+    async with engine.connect() as conn:
+        keys = (
+            await conn.execute(select(calls.c.asterisk).where(calls.c.uniqueid == "1763769600.7"))
+        ).scalars()
+        assert sorted(keys) == ["ast-a", "ast-b"]

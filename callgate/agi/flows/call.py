@@ -164,6 +164,7 @@ class CallState:
     started_at: datetime
     channel: str
     callerid: str
+    asterisk: str = ""  # the Asterisk that sent the call: with uniqueid, the call's key
     account: CallerAccount | None = None
     dialled: str = ""
     number: str = ""
@@ -347,6 +348,7 @@ class CallDecision:
                 trunk=route.trunk or "",
                 rate_id=route.rate.id,
                 limits=_limits(state),
+                asterisk=state.asterisk,
             )
         except Refused as exc:
             return Verdict(exc.status, exc.reason, routes, cap)
@@ -388,6 +390,7 @@ class CallDecision:
                 number=state.number,
                 cap=cap,
                 now=state.started_at,
+                asterisk=state.asterisk,
             )
         except StoreError as exc:
             log.error("%s: package hold failed, no free seconds: %s", state.uniqueid, exc)
@@ -609,6 +612,7 @@ class CallFlows:
             started_at=self.clock(),
             channel=env.channel,
             callerid=env.callerid,
+            asterisk=session.asterisk,
         )
 
     async def _authorise_and_dial(
@@ -657,6 +661,7 @@ class CallFlows:
                         now=self.clock(),
                         trunk=route.trunk or "",
                         rate_id=route.rate.id,
+                        asterisk=state.asterisk,
                     )
                 except Refused as exc:
                     log.info("%s: failover route %s refused: %s", state.uniqueid, route.table, exc)
@@ -762,6 +767,7 @@ class CallFlows:
             hangup_cause=attempt.hangup_cause,
             server=self.settings.server,
             note=state.note,
+            asterisk=state.asterisk,
         )
 
     # ------------------------------------------------------------------ endings
@@ -784,7 +790,7 @@ class CallFlows:
 
     async def _release(self, state: CallState, reason: str) -> None:
         try:
-            await self.ledger.release(state.uniqueid, reason)
+            await self.ledger.release(state.uniqueid, reason, asterisk=state.asterisk)
             state.reserved = False
         except StoreError as exc:
             log.error("%s: cannot release the reservation: %s", state.uniqueid, exc)
@@ -833,7 +839,7 @@ class CallFlows:
         if self.packages is None or state.free is None:
             return
         try:
-            await self.packages.release(state.uniqueid)
+            await self.packages.release(state.uniqueid, asterisk=state.asterisk)
             state.free = None
         except StoreError as exc:
             log.error("%s: cannot release the package hold: %s", state.uniqueid, exc)
@@ -863,12 +869,18 @@ class CallFlows:
         """Free seconds used, the recording's path, the account's alerts (never raises)."""
         if self.packages is not None and state.free is not None:
             try:
-                await self.packages.settle(state.uniqueid, min(charged_seconds, state.free.seconds))
+                await self.packages.settle(
+                    state.uniqueid,
+                    min(charged_seconds, state.free.seconds),
+                    asterisk=state.asterisk,
+                )
             except StoreError as exc:
                 log.error("%s: cannot record the package use: %s", state.uniqueid, exc)
         if self.extras is not None and state.recording:
             try:
-                await self.extras.set_recording(state.uniqueid, state.recording)
+                await self.extras.set_recording(
+                    state.uniqueid, state.recording, asterisk=state.asterisk
+                )
             except StoreError as exc:
                 log.error("%s: cannot store the recording path: %s", state.uniqueid, exc)
         if self.alerts is not None and state.account is not None:

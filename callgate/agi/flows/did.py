@@ -167,6 +167,7 @@ class DidFlow:
                 now=state.started_at,
                 trunk=route.trunk or "",
                 rate_id=None,
+                asterisk=state.asterisk,
             )
         except Refused as exc:
             await flows._finish(session, state, exc.status, exc.reason)

@@ -22,17 +22,25 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+_CHECK = "decimals >= 0 AND decimals <= 5"
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("currencies", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("decimals", sa.Integer(), server_default="2", nullable=False)
+    if op.get_bind().dialect.name == "sqlite":
+        # no batch rebuild: dropping the old currencies table would break the accounts' foreign
+        # keys; SQLite adds a column with its own CHECK in place
+        op.execute(
+            "ALTER TABLE currencies ADD COLUMN decimals INTEGER DEFAULT '2' NOT NULL "
+            f"CONSTRAINT ck_currencies_decimals_range CHECK ({_CHECK})"
         )
-        batch_op.create_check_constraint(
-            op.f("ck_currencies_decimals_range"), "decimals >= 0 AND decimals <= 5"
-        )
+        return
+    op.add_column(
+        "currencies", sa.Column("decimals", sa.Integer(), server_default="2", nullable=False)
+    )
+    op.create_check_constraint(op.f("ck_currencies_decimals_range"), "currencies", _CHECK)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("currencies", schema=None) as batch_op:
-        batch_op.drop_constraint(op.f("ck_currencies_decimals_range"), type_="check")
-        batch_op.drop_column("decimals")
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_constraint(op.f("ck_currencies_decimals_range"), "currencies", type_="check")
+    op.drop_column("currencies", "decimals")
