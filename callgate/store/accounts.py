@@ -1073,7 +1073,11 @@ async def list_accounts(
     page: int = 1,
     per_page: int = 10,
 ) -> AccountPage:
-    """One page of the card list; filtering, sorting (then by id) and paging happen in SQL."""
+    """One page of the card list; filtering, sorting (then by id) and paging happen in SQL.
+
+    A page past the last one is refused (:class:`InvalidDataError` naming the last page), so a
+    script that walks pages stops with a clear message instead of reading empty pages.
+    """
     criteria = criteria or AccountCriteria()
     key = _parse_choice(SortKey, str(sort), "sort")
     if page < 1:
@@ -1082,6 +1086,12 @@ async def list_accounts(
         raise InvalidDataError(f"per page must be 1..{MAX_PER_PAGE}, not {per_page}")
     where = await account_filter(conn, criteria)
     total = int(await conn.scalar(select(func.count()).select_from(accounts).where(where)) or 0)
+    last_page = max(1, -(-total // per_page))  # page 1 of an empty list is an empty page
+    if page > last_page:
+        raise InvalidDataError(
+            f"page {page} is past the last page ({last_page}): "
+            f"{total} account(s) at {per_page} per page"
+        )
     open_res = _open_reservations()
     cols = _listing_columns(open_res)
     exact = Numeric() if conn.dialect.name != "sqlite" else Float()  # only to order by

@@ -219,6 +219,14 @@ def test_generate_then_list_paged_sorted_and_searched(db_url: str) -> None:
     )
     last = as_json(ok(db_url, "accounts", "list", "--page", "3", "--per-page", "12", "--json"))
     assert len(last["accounts"]) == 6 and last["pages"] == 3
+    fails(db_url, "accounts", "list", "--page", "4", match="page 4 is past the last page (3)")
+    fails(
+        db_url,
+        *("accounts", "list", "--page", "2", "--search", "nobody-has-this-name"),
+        match="page 2 is past the last page (1)",
+    )
+    nothing = ok(db_url, "accounts", "list", "--search", "nobody-has-this-name", "--json")
+    assert as_json(nothing)["accounts"] == [] and as_json(nothing)["pages"] == 1
     by_number = as_json(
         ok(db_url, "accounts", "list", "--sort", "number", "--desc", "--per-page", "30", "--json")
     )["accounts"]

@@ -164,6 +164,13 @@ async def test_list_columns_paging_and_every_sort(engine: AsyncEngine) -> None:
         assert page2.pages == 3
         page3 = await acc.list_accounts(conn, page=3, per_page=2)
         assert [r.id for r in page3.rows] == [w["erin"].id]
+        with pytest.raises(InvalidDataError, match=r"page 4 is past the last page \(3\)"):
+            await acc.list_accounts(conn, page=4, per_page=2)
+        nobody = AccountCriteria(text="nobody-has-this-name")
+        empty = await acc.list_accounts(conn, nobody)  # page 1 of nothing is fine
+        assert (empty.rows, empty.total, empty.pages) == ((), 0, 1)
+        with pytest.raises(InvalidDataError, match=r"page 2 is past the last page \(1\)"):
+            await acc.list_accounts(conn, nobody, page=2)
         for bad in ({"page": 0}, {"per_page": 0}, {"per_page": 5000}, {"sort": "colour"}):
             with pytest.raises(InvalidDataError):
                 await acc.list_accounts(conn, **bad)
