@@ -247,6 +247,10 @@ def _expiry_text(info: AccountInfo) -> str:
     return f"{a.expiry_days} days {a.expiry_mode.value.removeprefix('days_')}"
 
 
+def _movement_sum(info: AccountInfo) -> Decimal:
+    return sum((m.total for m in info.movements), Decimal(0))
+
+
 def _info_json(info: AccountInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
@@ -442,11 +446,29 @@ def info_cmd(account: str, last: int, as_json: bool) -> None:
         ),
         (
             "last payments",
-            ["ID", "KIND", "STATUS", "AMOUNT", "CREDIT", "CREATED"],
+            ["ID", "KIND", "STATUS", "AMOUNT", "CREDIT", "CREATED", "DESCRIPTION"],
             [
-                [p.id, p.kind.value, p.status.value, p.amount, p.credit, _fmt(p.created_at)]
+                [
+                    p.id,
+                    p.kind.value,
+                    p.status.value,
+                    p.amount,
+                    p.credit,
+                    _fmt(p.created_at),
+                    p.description,
+                ]
                 for p in info.last_payments
             ],
+        ),
+        (
+            "balance movements",
+            ["KIND", "COUNT", "TOTAL"],
+            [[m.kind, m.count, m.total] for m in info.movements]
+            + (
+                [["sum", sum(m.count for m in info.movements), _movement_sum(info)]]
+                if info.movements
+                else []
+            ),
         ),
     ]
     for title, headers, rows in sections:

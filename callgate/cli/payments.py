@@ -1,5 +1,9 @@
 """``callgate payments``: refills, payments and adjustments; the balance moves only when completed.
 
+``payments list`` also shows the DID and package charges (kinds ``did_charge`` and
+``package_charge``, written by ``dids charge`` / ``packages charge``): every balance movement that
+is not a call is listed.
+
 The amount is gross, in the base currency; the account's tax % is taken out of refills and
 payments (credit = amount / (1 + tax/100), as A2Billing does with VAT). A negative adjustment
 takes credit away: write it after ``--`` (``callgate payments add ACC --kind adjustment -- -5``).
@@ -19,7 +23,8 @@ from callgate.store.db import write_transaction
 from callgate.store.errors import InvalidDataError
 from callgate.store.payments import Payment
 
-_KINDS = click.Choice([k.value for k in PaymentKind])
+_KINDS = click.Choice([k.value for k in store_payments.OPERATOR_KINDS])
+_ALL_KINDS = click.Choice([k.value for k in PaymentKind])
 _STATUSES = click.Choice([s.value for s in PaymentStatus])
 
 
@@ -112,7 +117,13 @@ def add_cmd(
 @payments.command("list")
 @click.option("--account", default=None, help="Only this account (number, alias or #id).")
 @click.option("--status", type=_STATUSES, default=None, help="Only this status.")
-@click.option("--kind", type=_KINDS, default=None, help="Only this kind.")
+@click.option(
+    "--kind",
+    type=_ALL_KINDS,
+    default=None,
+    help="Only this kind (did_charge and package_charge are what `dids charge` and "
+    "`packages charge` took).",
+)
 @click.option(
     "--limit",
     type=click.IntRange(1, 100000),
@@ -124,7 +135,8 @@ def add_cmd(
 def list_cmd(
     account: str | None, status: str | None, kind: str | None, limit: int, as_json: bool
 ) -> None:
-    """List payments, newest first."""
+    """List payments, newest first: every balance movement that is not a call, DID and
+    package charges included (their CREDIT is negative)."""
 
     async def _go() -> tuple[list[Payment], dict[int, str]]:
         async with engine_for(app().settings) as engine, engine.connect() as conn:

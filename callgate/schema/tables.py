@@ -75,9 +75,14 @@ class IpDirection(StrEnum):
 
 
 class PaymentKind(StrEnum):
+    """What moved a balance (besides calls, which are CDRs). The last two are written only by
+    ``callgate dids charge`` / ``callgate packages charge``, beside their ``period_charges`` row."""
+
     REFILL = "refill"
     PAYMENT = "payment"
     ADJUSTMENT = "adjustment"
+    DID_CHARGE = "did_charge"
+    PACKAGE_CHARGE = "package_charge"
 
 
 class PaymentStatus(StrEnum):

@@ -66,7 +66,7 @@ from callgate.store.contacts import Contact, list_contacts
 from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
 from callgate.store.friends import mark_friends_stale
 from callgate.store.owners import refuse_taken
-from callgate.store.payments import Payment, list_payments
+from callgate.store.payments import MovementTotal, Payment, list_payments, movement_totals
 from callgate.store.search import AccountCriteria, account_filter
 
 DEFAULT_NUMBER_LENGTH = 10
@@ -1640,7 +1640,8 @@ class AccountInfo:
     ips: tuple[IpAuth, ...]
     contacts: tuple[Contact, ...]
     last_calls: tuple[CallSummary, ...]
-    last_payments: tuple[Payment, ...]
+    last_payments: tuple[Payment, ...]  # every kind: refills ... DID and package charges
+    movements: tuple[MovementTotal, ...] = ()  # per kind, then calls; they sum to the balance
 
 
 async def account_info(conn: AsyncConnection, account_id: int, *, last: int = 10) -> AccountInfo:
@@ -1720,4 +1721,5 @@ async def account_info(conn: AsyncConnection, account_id: int, *, last: int = 10
         contacts=tuple(await list_contacts(conn, account_id)),
         last_calls=last_calls,
         last_payments=tuple(await list_payments(conn, account_id=account_id, limit=last)),
+        movements=await movement_totals(conn, account_id),
     )

@@ -37,6 +37,7 @@ from callgate.schema.tables import (
     PackageKind,
     PackagePeriod,
     PackageUseStatus,
+    PaymentKind,
     account_packages,
     accounts,
     package_usage,
@@ -46,9 +47,14 @@ from callgate.schema.tables import (
 from callgate.store._errors_map import mapped_errors
 from callgate.store.db import write_transaction
 from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.payments import record_charge
 
 log = logging.getLogger(__name__)
 ZERO = Decimal(0)
+_PAYMENT_KIND = {
+    ChargeKind.DID: PaymentKind.DID_CHARGE,
+    ChargeKind.PACKAGE: PaymentKind.PACKAGE_CHARGE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +466,8 @@ async def charge_once(
     """Take ``amount`` from the balance once for (account, kind, ref, period).
 
     Under the account row lock: a second run finds the charge and moves nothing; the unique key
-    on ``period_charges`` backs that up.
+    on ``period_charges`` backs that up. The same transaction writes the ``did_charge`` /
+    ``package_charge`` payment row, so the charge shows in ``payments list``.
     """
     async with mapped_errors("period charge"), write_transaction(engine) as conn:
         await conn.execute(
@@ -486,6 +493,9 @@ async def charge_once(
                 description=description,
                 created_at=now,
             )
+        )
+        await record_charge(
+            conn, account_id, amount, kind=_PAYMENT_KIND[kind], description=description, now=now
         )
         await conn.execute(
             update(accounts)

@@ -14,6 +14,12 @@ Rules (DESIGN.md §4, the ConnexCS and A2Billing pages):
   that is cancelled takes its credit back (the balance may go negative: the customer owes it).
 - Status changes: pending -> completed (credits), pending -> cancelled (nothing moves),
   completed -> cancelled (debits the credit back). Every other change is refused.
+- Every balance movement that is not a call is a row here, so ``payments list`` and
+  ``accounts info`` show all of them: besides the operator's kinds, a DID's monthly price and a
+  package's period price are ``did_charge`` / ``package_charge`` rows (completed, no tax, credit
+  = -amount), written by :func:`record_charge` in the transaction that debits the balance. They
+  are not added, cancelled or completed by hand (give an adjustment to refund one). Hence
+  balance = sum of completed credits - sum of call costs (calls are CDRs, in ``calls``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.rating import quantize_money
@@ -31,6 +37,7 @@ from callgate.schema.tables import (
     PaymentKind,
     PaymentStatus,
     accounts,
+    calls,
     currencies,
     payments,
 )
@@ -38,6 +45,13 @@ from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, NotFoundError
 
 _HUNDRED = Decimal(100)
+#: kinds an operator adds with ``payments add``; the charges come only from their commands
+OPERATOR_KINDS = (PaymentKind.REFILL, PaymentKind.PAYMENT, PaymentKind.ADJUSTMENT)
+CHARGE_KINDS = frozenset({PaymentKind.DID_CHARGE, PaymentKind.PACKAGE_CHARGE})
+_CHARGED_BY = {
+    PaymentKind.DID_CHARGE: "callgate dids charge",
+    PaymentKind.PACKAGE_CHARGE: "callgate packages charge",
+}
 _ALLOWED = {
     (PaymentStatus.PENDING, PaymentStatus.COMPLETED),
     (PaymentStatus.PENDING, PaymentStatus.CANCELLED),
@@ -146,6 +160,11 @@ async def add_payment(
         status = PaymentStatus(status)
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
+    if kind in CHARGE_KINDS:
+        raise InvalidDataError(
+            f"a {kind} is written only by `{_CHARGED_BY[kind]}`; "
+            "to give money back or take it, add an adjustment"
+        )
     if not isinstance(amount, Decimal) or not amount.is_finite():
         raise InvalidDataError(f"not an amount of money: {amount!r}")
     account = await _lock_account(conn, account_id)
@@ -192,6 +211,88 @@ async def add_payment(
     return payment_from_row(row)
 
 
+async def record_charge(
+    conn: AsyncConnection,
+    account_id: int,
+    amount: Decimal,
+    *,
+    kind: PaymentKind,
+    description: str,
+    now: datetime,
+) -> Payment:
+    """The payment row of a DID or package charge: completed, no tax, ``credit = -amount``.
+
+    It does NOT move the balance: the caller (:func:`callgate.store.packages.charge_once`) does,
+    in the same transaction, under the account row lock.
+    """
+    if kind not in CHARGE_KINDS:
+        raise InvalidDataError(f"{kind} is not a charge")
+    if amount < 0:
+        raise InvalidDataError(f"a charge cannot be negative: {amount}")
+    amount = quantize_money(amount)
+    async with mapped_errors("charge"):
+        row = (
+            await conn.execute(
+                insert(payments)
+                .values(
+                    account_id=account_id,
+                    kind=kind.value,
+                    status=PaymentStatus.COMPLETED.value,
+                    amount=amount,
+                    tax_percent=Decimal(0),
+                    tax_amount=Decimal(0),
+                    credit=-amount,
+                    currency=await _base_currency(conn),
+                    description=description,
+                    created_at=now,
+                    completed_at=now,
+                )
+                .returning(payments)
+            )
+        ).one()
+    return payment_from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class MovementTotal:
+    """What one kind of movement did to a balance: completed payments of a kind, or ``calls``."""
+
+    kind: str
+    count: int
+    total: Decimal  # signed: what the balance moved by
+
+
+async def movement_totals(conn: AsyncConnection, account_id: int) -> tuple[MovementTotal, ...]:
+    """Per kind, how many completed movements and their sum, then the calls (``-cost``).
+
+    Their sum is the balance (every account starts at 0; an opening balance is a refill).
+    """
+    out: list[MovementTotal] = []
+    rows = await conn.execute(
+        select(payments.c.kind, func.count(), func.sum(payments.c.credit))
+        .where(
+            payments.c.account_id == account_id,
+            payments.c.status == PaymentStatus.COMPLETED.value,
+        )
+        .group_by(payments.c.kind)
+    )
+    by_kind = {PaymentKind(r[0]): (int(r[1]), quantize_money(Decimal(r[2]))) for r in rows}
+    for kind in PaymentKind:  # a stable order: the enum's
+        if kind in by_kind:
+            count, total = by_kind[kind]
+            out.append(MovementTotal(kind.value, count, total))
+    count, cost = (
+        await conn.execute(
+            select(func.count(), func.coalesce(func.sum(calls.c.cost), 0)).where(
+                calls.c.account_id == account_id, calls.c.cost != 0
+            )
+        )
+    ).one()
+    if count:
+        out.append(MovementTotal("calls", int(count), -quantize_money(Decimal(cost))))
+    return tuple(out)
+
+
 async def fetch_payment(conn: AsyncConnection, payment_id: int, *, lock: bool = False) -> Payment:
     query = select(payments).where(payments.c.id == payment_id)
     if lock:
@@ -214,6 +315,11 @@ async def set_payment_status(
     except ValueError as exc:
         raise InvalidDataError(str(exc)) from exc
     current = await fetch_payment(conn, payment_id)
+    if current.kind in CHARGE_KINDS:
+        raise InvalidDataError(
+            f"payment {payment_id} is a {current.kind} ({current.description}): charges keep "
+            "their status; refund it with an adjustment"
+        )
     await _lock_account(conn, current.account_id)  # the account first, as add_payment does
     current = await fetch_payment(conn, payment_id, lock=True)
     if (current.status, new) not in _ALLOWED:

@@ -234,3 +234,63 @@ def test_duplicates_name_what_exists_and_its_owner(db_url: str) -> None:
         assert f"{what} is already assigned to {owner}" in refused.output, refused.output
         for raw in ("UNIQUE constraint", "duplicate key", "INSERT", "account_ips."):
             assert raw not in refused.output
+
+
+def test_did_and_package_charges_are_listed_balance_movements(db_url: str) -> None:
+    """Issue 12.8: a DID charge and a package charge each show in `payments list` (by kind) and
+    in `accounts info`, and the movements there add up to the balance change."""
+    _seed(db_url)  # both accounts start at 10.00000 (set in SQL: no opening payment)
+    run = Cli(db_url)
+    before = _balance(db_url, "3000000001")
+    run(
+        "dids", "add", "+15551230000", "PJSIP/alice", "--account", "3000000001",
+        "--monthly", "2.50",
+    )  # fmt: skip
+    run("packages", "add", "uk100", "--kind", "free_minutes", "--quantity", "100", "--price", "1.5")
+    run("packages", "assign", "3000000001", "uk100", "--quantity", "2", "--auto-decrement")
+    run("dids", "charge")
+    run("packages", "charge")
+    run("dids", "charge")  # a second run charges nothing, and lists nothing more
+    run("payments", "add", "3000000001", "--kind", "adjustment", "--", "-0.25")
+    assert _balance(db_url, "3000000001") == Decimal("4.25000")
+
+    listed = run.json("payments", "list", "--account", "3000000001")
+    assert sorted((p["kind"], p["status"], p["amount"], p["credit"]) for p in listed) == [
+        ("adjustment", "completed", "-0.25000", "-0.25000"),
+        ("did_charge", "completed", "2.50000", "-2.50000"),
+        ("package_charge", "completed", "3.00000", "-3.00000"),
+    ]
+    (did,) = run.json("payments", "list", "--kind", "did_charge")
+    assert did["account"] == "3000000001" and did["description"].startswith("DID 15551230000 ")
+    (package,) = run.json("payments", "list", "--kind", "package_charge")
+    assert package["description"].startswith("package uk100 x2 ")
+    table = run("payments", "list", "--kind", "package_charge").stdout
+    assert "package_charge" in table and "-3.00000" in table and "refill" not in table
+
+    info = run.json("accounts", "info", "3000000001")
+    assert {p["kind"] for p in info["last_payments"]} == {
+        "did_charge",
+        "package_charge",
+        "adjustment",
+    }
+    totals = {m["kind"]: (m["count"], m["total"]) for m in info["movements"]}
+    assert totals == {
+        "adjustment": (1, "-0.25000"),
+        "did_charge": (1, "-2.50000"),
+        "package_charge": (1, "-3.00000"),
+    }
+    moved = sum(Decimal(m["total"]) for m in info["movements"])
+    assert moved == Decimal(info["account"]["balance"]) - before == Decimal("-5.75000")
+    text = run("accounts", "info", "3000000001").stdout
+    assert "balance movements:" in text and "did_charge" in text and "package_charge" in text
+    assert any(line.split()[:3] == ["sum", "3", "-5.75000"] for line in text.splitlines())
+    # the other account was charged nothing
+    assert run.json("accounts", "info", "3000000002")["movements"] == []
+    assert "balance movements: none" in run("accounts", "info", "3000000002").stdout
+
+    # charges are written only by their commands and keep their status
+    refused = run("payments", "set-status", str(did["id"]), "cancelled", ok=False)
+    assert refused.exit_code == 1 and "charges keep their status" in refused.output
+    by_hand = run("payments", "add", "3000000001", "1", "--kind", "did_charge", ok=False)
+    assert by_hand.exit_code == 2 and "did_charge" in by_hand.output
+    assert _balance(db_url, "3000000001") == Decimal("4.25000")

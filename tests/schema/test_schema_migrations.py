@@ -24,6 +24,7 @@ from callgate.schema.tables import (
     currencies,
     metadata,
     payments,
+    period_charges,
     rate_tables,
     rates,
     reservations,
@@ -277,3 +278,64 @@ async def test_call_and_reservation_keys_are_unique(engine: AsyncEngine) -> None
             uniqueid="u3", account_id=acct, amount=Decimal(-1), granted_seconds=60, expires_at=now
         ),
     )
+
+
+@pytest.mark.parametrize(
+    "empty_db_url", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True
+)
+async def test_upgrade_gives_earlier_did_and_package_charges_their_payment_rows(
+    empty_db_url: str,
+) -> None:
+    """Issue 12.8: charges made before payments had the charge kinds become payment rows."""
+    engine = create_engine(empty_db_url)
+    try:
+        await upgrade(engine, "0005")
+        plan_id = await _plan(engine)
+        when = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
+        async with engine.begin() as conn:
+            account_id = await conn.scalar(
+                insert(accounts)
+                .values(**_account(plan_id, "1000001", "a"))
+                .returning(accounts.c.id)
+            )
+            await conn.execute(
+                insert(period_charges),
+                [
+                    {"account_id": account_id, "kind": "did", "ref_id": 7, "period": "2026-11",
+                     "amount": Decimal("2.5"), "description": "DID 15551230000 2026-11",
+                     "created_at": when},
+                    {"account_id": account_id, "kind": "package", "ref_id": 3,
+                     "period": "2026-11", "amount": Decimal("1.25"),
+                     "description": "package uk100 x1 2026-11", "created_at": when},
+                ],
+            )  # fmt: skip
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        payments.c.kind,
+                        payments.c.status,
+                        payments.c.amount,
+                        payments.c.credit,
+                        payments.c.currency,
+                        payments.c.description,
+                        payments.c.completed_at,
+                    ).order_by(payments.c.id)
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("did_charge", "completed", Decimal("2.5"), Decimal("-2.5"), "USD",
+             "DID 15551230000 2026-11", when),
+            ("package_charge", "completed", Decimal("1.25"), Decimal("-1.25"), "USD",
+             "package uk100 x1 2026-11", when),
+        ]  # fmt: skip
+        await _refused(
+            engine,
+            insert(payments).values(
+                account_id=account_id, kind="fee", status="completed", amount=1, credit=1,
+                currency="USD",
+            ),
+        )  # fmt: skip
+    finally:
+        await engine.dispose()
