@@ -32,8 +32,27 @@ UTC_ZONE = ZoneInfo("UTC")
 Send = Callable[[str, str, str], Awaitable[None]]  # (recipient, subject, body)
 
 
+NO_RELAY = "no SMTP relay is configured ([smtp] host, or CALLGATE_SMTP_HOST)"
+
+
 class AlertDeliveryError(Exception):
     """The relay refused or could not be reached."""
+
+
+def render_password_mail(
+    *, email: str, name: str, account_number: str, password: str
+) -> tuple[str, str]:
+    """``(subject, body)`` of the e-mail that gives a contact its generated portal password."""
+    subject = f"Your password for account {account_number}"
+    body = (
+        f"Hello {name},\n\n"
+        f"a password was made for you, as a contact of account {account_number}.\n\n"
+        f"Login: {email}\n"
+        f"Password: {password}\n\n"
+        "Only a hash of it is kept: nobody can read it back, so keep this message or change "
+        "the password.\n"
+    )
+    return subject, body
 
 
 class SmtpSender:
@@ -57,7 +76,7 @@ class SmtpSender:
 
     async def __call__(self, recipient: str, subject: str, body: str) -> None:
         if not self.configured:
-            raise AlertDeliveryError("no SMTP relay configured ([smtp] host)")
+            raise AlertDeliveryError(NO_RELAY)
         message = EmailMessage()
         message["From"] = self.settings.sender
         message["To"] = recipient
@@ -148,10 +167,44 @@ class AlertService:
         await self.flush()
         return fired
 
+    @property
+    def has_relay(self) -> bool:
+        """False when e-mails cannot leave: the sender is an unconfigured :class:`SmtpSender`."""
+        return not (isinstance(self.send, SmtpSender) and not self.send.configured)
+
+    async def waiting_without_relay(self) -> int:
+        """How many alert e-mails wait in the outbox because no relay is configured (0 when one
+        is); :meth:`flush` and the server's start-up warn with it instead of waiting silently."""
+        if self.has_relay:
+            return 0
+        async with mapped_errors("alerts"), self.engine.connect() as conn:
+            return len(await alert_store.pending_emails(conn, limit=10_000))
+
+    async def warn_if_no_relay(self) -> int:
+        """Log a warning when e-mails would wait for a relay that is not configured: alerts with
+        an e-mail recipient exist, or e-mails already wait. Returns how many wait."""
+        if self.has_relay:
+            return 0
+        waiting = await self.waiting_without_relay()
+        async with mapped_errors("alerts"), self.engine.connect() as conn:
+            by_email = await alert_store.email_alert_count(conn)
+        if waiting or by_email:
+            log.warning(
+                "%s: %d alert(s) e-mail their recipients and %d alert e-mail(s) wait in the "
+                "outbox; they stay pending until a relay is configured",
+                NO_RELAY,
+                by_email,
+                waiting,
+            )
+        return waiting
+
     async def flush(self) -> int:
         """Send the pending e-mails of the outbox; the number sent. Phone ones stay pending,
-        and so do e-mails while no SMTP relay is configured."""
-        if isinstance(self.send, SmtpSender) and not self.send.configured:
+        and so do e-mails while no SMTP relay is configured (with a warning, not silently)."""
+        if not self.has_relay:
+            waiting = await self.waiting_without_relay()
+            if waiting:
+                log.warning("%d alert e-mail(s) wait in the outbox: %s", waiting, NO_RELAY)
             return 0
         async with mapped_errors("alerts"), self.engine.connect() as conn:
             pending = await alert_store.pending_emails(conn)

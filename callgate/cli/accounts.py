@@ -23,6 +23,8 @@ import click
 
 from callgate.cli import groups
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
+from callgate.cli._mail import SEND_PASSWORD_HELP, require_relay
+from callgate.cli._mail import send_password as mail_password
 from callgate.schema.tables import AccountStatus, ExpiryMode
 from callgate.store import accounts as store
 from callgate.store import contacts as store_contacts
@@ -908,18 +910,33 @@ def contact() -> None:
 @click.option("--ask-password", is_flag=True, help="Type the password instead of generating one.")
 @click.option("--public-notes", default="", help="Shown on the customer portal.")
 @click.option("--private-notes", default="", help="Shown to operators only.")
+@click.option("--send-password", is_flag=True, help=SEND_PASSWORD_HELP)
 def contact_add(
-    account: str, name: str, email: str, ask_password: bool, public_notes: str, private_notes: str
+    account: str,
+    name: str,
+    email: str,
+    ask_password: bool,
+    public_notes: str,
+    private_notes: str,
+    send_password: bool,
 ) -> None:
-    """Add a contact to ACCOUNT. The generated password is printed once; only its hash is kept."""
+    """Add a contact to ACCOUNT. The generated password is printed once (or e-mailed to the
+    contact with --send-password); only its hash is kept."""
+    settings = app().settings
+    if send_password:
+        if ask_password:
+            raise click.UsageError(
+                "--send-password e-mails a generated password: leave out --ask-password"
+            )
+        require_relay(settings)
     password = None
     if ask_password:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
 
-    async def _go() -> tuple[store_contacts.Contact, str | None]:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+    async def _go() -> tuple[store_contacts.Contact, str | None, str]:
+        async with engine_for(settings) as engine, engine.begin() as conn:
             found = await store.require_account(conn, account)
-            return await store_contacts.add_contact(
+            created, generated = await store_contacts.add_contact(
                 conn,
                 found.id,
                 name=name,
@@ -928,10 +945,16 @@ def contact_add(
                 public_notes=public_notes,
                 private_notes=private_notes,
             )
+            return created, generated, found.number
 
-    created, generated = run(_go())
+    created, generated, number = run(_go())
     click.echo(f"contact {created.email} added (id {created.id})", err=True)
-    if generated is not None:
+    if generated is not None and send_password:
+        mail_password(
+            settings, email=created.email, name=created.name, account_number=number,
+            password=generated,
+        )  # fmt: skip
+    elif generated is not None:
         click.echo("generated password (shown once, only its hash is stored):", err=True)
         click.echo(generated)
 

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from callgate.alerts import AlertService, SmtpSender
+from callgate.alerts import NO_RELAY, AlertService, SmtpSender
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
-from callgate.schema.tables import AlertArea, AlertOperator
+from callgate.schema.tables import AlertArea, AlertOperator, NotificationChannel
 from callgate.store import accounts as account_store
 from callgate.store import alerts as alert_store
 
@@ -50,6 +50,11 @@ def alerts_add(
 
     created = run(_go())
     click.echo(f"alert {created.name!r} added", err=True)
+    channel = alert_store.recipient_channel(created.recipient)
+    if channel is NotificationChannel.EMAIL and not SmtpSender(app().settings.smtp).configured:
+        click.echo(
+            f"warning: {NO_RELAY}: the e-mails of this alert will wait in the outbox", err=True
+        )
 
 
 @alerts.command("list")
@@ -109,7 +114,7 @@ def alerts_check(account: str | None) -> None:
     """Evaluate alerts now and send the pending e-mails (after payments made elsewhere)."""
     settings = app().settings
 
-    async def _go() -> int:
+    async def _go() -> tuple[int, int]:
         async with engine_for(settings) as engine:
             service = AlertService(
                 engine, SmtpSender(settings.smtp), zone=ZoneInfo(settings.billing.timezone)
@@ -117,11 +122,15 @@ def alerts_check(account: str | None) -> None:
             if account:
                 async with engine.connect() as conn:
                     found = await account_store.require_account(conn, account)
-                return len(await service.evaluate(found.id))
-            return await service.check_all()
+                fired = len(await service.evaluate(found.id))
+            else:
+                fired = await service.check_all()
+            return fired, await service.waiting_without_relay()
 
-    fired = run(_go())
+    fired, waiting = run(_go())
     click.echo(f"{fired} alert(s) fired", err=True)
+    if waiting:
+        click.echo(f"warning: {waiting} alert e-mail(s) wait in the outbox: {NO_RELAY}", err=True)
 
 
 @alerts.command("notifications")

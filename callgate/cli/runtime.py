@@ -114,6 +114,7 @@ async def open_runtime(
         await routing.refresh()
         await wholesale.refresh()
         await alerts.refresh()
+        await alerts.warn_if_no_relay()  # e-mails that would wait silently for a relay
     except Exception as exc:
         await cache.close()
         await engine.dispose()

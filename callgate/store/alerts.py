@@ -173,6 +173,13 @@ async def remove_alert(conn: AsyncConnection, account_id: int, name: str) -> Non
         raise NotFoundError(f"the account has no alert {name!r}")
 
 
+async def email_alert_count(conn: AsyncConnection) -> int:
+    """How many alerts have an e-mail recipient (they need an SMTP relay)."""
+    async with mapped_errors("alerts"):
+        recipients = await conn.scalars(select(alerts.c.recipient))
+        return sum(1 for r in recipients if recipient_channel(r) is NotificationChannel.EMAIL)
+
+
 async def accounts_with_alerts(conn: AsyncConnection) -> set[int]:
     async with mapped_errors("alerts"):
         rows = await conn.execute(select(alerts.c.account_id).distinct())
