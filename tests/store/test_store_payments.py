@@ -3,6 +3,7 @@ completed and back when cancelled, refused transitions change nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,12 +11,20 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callgate.schema.tables import PaymentKind, PaymentStatus, accounts, payments
+from callgate.schema.tables import (
+    CallStatus,
+    ChargeKind,
+    PaymentKind,
+    PaymentStatus,
+    accounts,
+    payments,
+)
 from callgate.store import accounts as acc
+from callgate.store import ledger, plans
 from callgate.store import payments as pay
-from callgate.store import plans
 from callgate.store.db import write_transaction
 from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.packages import charge_once
 
 
 async def _account(engine: AsyncEngine, **fields: Any) -> acc.Account:
@@ -145,3 +154,64 @@ async def test_opening_balance_is_recorded_as_a_refill(engine: AsyncEngine) -> N
         balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account.id))
     assert opening.kind is PaymentKind.REFILL and opening.description == "opening balance"
     assert total == balance == Decimal("7.25")
+
+
+async def test_every_balance_movement_is_a_row_and_they_sum_to_the_balance(
+    engine: AsyncEngine,
+) -> None:
+    """Issue 12.8: refill, adjustment, a DID charge, a package charge and a call: the payments
+    (by kind) minus the call costs add up to the balance; charges keep their status."""
+    account = await _account(engine, balance=Decimal("10"))
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    async with write_transaction(engine) as conn:
+        await pay.add_payment(conn, account.id, Decimal("-1.5"), kind=PaymentKind.ADJUSTMENT)
+    for kind, amount in ((ChargeKind.DID, Decimal("2.5")), (ChargeKind.PACKAGE, Decimal("3"))):
+        for _ in range(2):  # the second run of a period charges nothing and writes nothing
+            await charge_once(
+                engine, account_id=account.id, kind=kind, ref_id=1, period="2026-12",
+                amount=amount, description=f"{kind} 2026-12", now=now,
+            )  # fmt: skip
+    await ledger.settle(
+        engine,
+        ledger.CallRecord(
+            uniqueid="m1", status=CallStatus.OK, started_at=now, account_id=account.id,
+            billsec=60, granted_seconds=60, dial_status="ANSWER", cost=Decimal("0.6"),
+        ),
+    )  # fmt: skip
+    balance = await _balance(engine, account.id)
+    assert balance == Decimal("2.40000")  # 10 - 1.5 - 2.5 - 3 - 0.6
+    async with engine.connect() as conn:
+        listed = await pay.list_payments(conn, account_id=account.id)
+        (did,) = await pay.list_payments(conn, kind=PaymentKind.DID_CHARGE)
+        totals = await pay.movement_totals(conn, account.id)
+        info = await acc.account_info(conn, account.id)
+    assert sorted((p.kind.value, p.credit) for p in listed) == [
+        ("adjustment", Decimal("-1.5")),
+        ("did_charge", Decimal("-2.5")),
+        ("package_charge", Decimal("-3")),
+        ("refill", Decimal("10")),
+    ]
+    assert (did.status, did.amount, did.tax_amount, did.description) == (
+        PaymentStatus.COMPLETED,
+        Decimal("2.5"),
+        Decimal("0"),
+        "did 2026-12",
+    )
+    assert [(t.kind, t.count, t.total) for t in totals] == [
+        ("refill", 1, Decimal("10")),
+        ("adjustment", 1, Decimal("-1.5")),
+        ("did_charge", 1, Decimal("-2.5")),
+        ("package_charge", 1, Decimal("-3")),
+        ("calls", 1, Decimal("-0.6")),
+    ]
+    assert sum(t.total for t in totals) == balance
+    assert info.movements == totals and len(info.last_payments) == 4
+    for status in (PaymentStatus.CANCELLED, PaymentStatus.PENDING):
+        with pytest.raises(InvalidDataError, match="charges keep their status"):
+            async with write_transaction(engine) as conn:
+                await pay.set_payment_status(conn, did.id, status)
+    with pytest.raises(InvalidDataError, match="written only by `callgate packages charge`"):
+        async with write_transaction(engine) as conn:
+            await pay.add_payment(conn, account.id, Decimal("1"), kind="package_charge")
+    assert await _balance(engine, account.id) == balance
+    assert await _payment_count(engine) == 4
