@@ -1,0 +1,91 @@
+"""``callgate web``: the web console alone (``callgate serve`` runs it too when ``[web]
+enabled``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+
+import click
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate.cli._common import app, require_migrated, startup_failure
+from callgate.config import Settings
+from callgate.store.db import create_engine
+from callgate.web.app import create_app, load_secret
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on (setting web.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (setting web.port).")
+def web(host: str | None, port: int | None) -> None:
+    """Serve the web console until SIGTERM/SIGINT (loopback 127.0.0.1:8080 by default).
+
+    Exits with code 3 when it cannot start: the database is unreachable, migrations are
+    pending, or the address is taken.
+    """
+    settings = app().settings
+    settings = dataclasses.replace(
+        settings,
+        web=dataclasses.replace(
+            settings.web,
+            host=settings.web.host if host is None else host,
+            port=settings.web.port if port is None else port,
+        ),
+    )
+    asyncio.run(_web(settings))
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The console's listening socket; raises OSError when the address is taken."""
+    host, port = settings.web.host, settings.web.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def web_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
+    """A uvicorn server for the console over ``engine`` (not started: ``serve(sockets=...)``
+    runs it with uvicorn's signal handling, ``_serve`` inside ``callgate serve``'s)."""
+    secret = await load_secret(settings, engine)
+    application = create_app(settings, engine, secret=secret)
+    config = uvicorn.Config(
+        application,
+        host=settings.web.host,
+        port=settings.web.port,
+        log_config=None,  # the CLI's one logging configuration
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return uvicorn.Server(config)
+
+
+async def _web(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        await require_migrated(engine)
+        server = await web_server(settings, engine)
+        try:
+            sock = bind(settings)
+        except OSError as exc:
+            startup_failure(f"cannot listen on {settings.web.host}:{settings.web.port}: {exc}")
+        click.echo(
+            f"callgate web console on http://{settings.web.host}:{sock.getsockname()[1]}/",
+            err=True,
+        )
+        with sock:
+            await server.serve(sockets=[sock])
+    finally:
+        await engine.dispose()
