@@ -253,3 +253,23 @@ async def test_the_secret_is_generated_once_and_kept_in_the_database(seeded_url:
         assert again.load(cookies.dump(session)).get("uid") == 7
     finally:
         await engine.dispose()
+
+
+async def test_a_session_ends_session_hours_after_login(seeded_url: str) -> None:
+    engine = create_engine(seeded_url)
+    app = create_app(web_settings(seeded_url), engine, secret=SECRET)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50002))
+    cookies = SessionCookies(SECRET, "callgate_console", "callgate.console.session", 3600, False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            assert (await login(client)).status_code == 303
+            data = cookies.load(client.cookies["callgate_console"]).data
+            assert (await client.get("/accounts")).status_code == 200
+            # the same session, re-signed now but logged in 13 hours ago (session_hours = 12)
+            old = cookies.load(None)
+            for key, value in {**data, "at": data["at"] - 13 * 3600}.items():
+                old[key] = value
+            client.cookies.set("callgate_console", cookies.dump(old))
+            assert (await client.get("/accounts")).status_code == 303
+    finally:
+        await engine.dispose()
