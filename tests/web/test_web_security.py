@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from webkit import OPERATOR, PASSWORD, SECRET, web_settings
+from webkit import OPERATOR, PASSWORD, SECRET, csrf_of, login, web_settings
 
 from callgate.cli.main import cli
 from callgate.config import Secret
@@ -20,23 +19,6 @@ from callgate.store import accounts as account_store
 from callgate.store.db import create_engine
 from callgate.web.app import create_app, load_secret
 from callgate.web.security import LoginRateLimiter, SessionCookies, secure_cookies
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = CSRF.search(page.text)
-    assert found is not None, page.text
-    return found.group(1)
-
-
-async def login(
-    client: httpx.AsyncClient, user: str = OPERATOR, password: str = PASSWORD
-) -> httpx.Response:
-    token = csrf_of(await client.get("/login"))
-    return await client.post(
-        "/login", data={"csrf": token, "login": user, "password": password, "next": "/accounts"}
-    )
 
 
 async def balance_of(db_url: str, key: str) -> str:
