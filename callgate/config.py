@@ -150,6 +150,24 @@ class WholesaleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The web console (``callgate web``, or ``callgate serve`` when enabled)."""
+
+    enabled: bool = False  # `callgate serve` starts the console too
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # signs the session cookies; empty = generated once and kept in the database (settings key
+    # web.secret), so every `callgate web` on the same database shares it across restarts
+    secret: Secret = Secret("")
+    # Secure cookies: "auto" = unless host is a loopback address; "always" (behind a TLS proxy
+    # on loopback) or "never"
+    cookie_secure: str = "auto"
+    session_hours: int = 12  # a session ends this long after login
+    login_max_failures: int = 5  # failed logins per address and login within the window ...
+    login_window_seconds: int = 300  # ... after which that login is refused for the window
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything callgate reads from its configuration."""
 
@@ -163,6 +181,7 @@ class Settings:
     confgen: ConfgenSettings = ConfgenSettings()
     smtp: SmtpSettings = SmtpSettings()
     wholesale: WholesaleSettings = WholesaleSettings()
+    web: WebSettings = WebSettings()
 
     def to_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         """Plain values for printing; secrets masked unless ``reveal``."""

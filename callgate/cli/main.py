@@ -15,10 +15,12 @@ from callgate.cli import (
     db,
     demo,
     friends,
+    operators,
     payments,
     plans,
     serve,
     simulate,
+    web,
 )
 from callgate.cli import alerts as alerts_cmd
 from callgate.cli import calls as calls_cmd
@@ -113,6 +115,8 @@ cli.add_command(packages_cmd.packages)
 cli.add_command(alerts_cmd.alerts)
 cli.add_command(recordings_cmd.recordings)
 cli.add_command(currencies_cmd.currencies)
+cli.add_command(operators.operators)
+cli.add_command(web.web)
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
-"""``callgate serve``: the FastAGI server (and, as they land, AMI listener and metrics)."""
+"""``callgate serve``: the FastAGI server, AMI listener, metrics and (``[web] enabled``) the web
+console."""
 
 from __future__ import annotations
 
 import asyncio
 
 import click
+import uvicorn
 
 from callgate.agi.server import install_signal_handlers
 from callgate.cli._common import app, require_migrated, startup_failure
 from callgate.cli.runtime import StartupError, open_runtime, with_agi_port
+from callgate.cli.web import bind, web_server
 from callgate.config import Settings
 from callgate.store.db import create_engine
 
@@ -38,6 +41,22 @@ async def _serve(settings: Settings) -> None:
         )
     except (StartupError, TimeoutError) as exc:
         startup_failure(str(exc) or "start-up timed out")
+    console: asyncio.Task[None] | None = None
+    server: uvicorn.Server | None = None
+    if settings.web.enabled:
+        try:
+            server = await web_server(settings, runtime.engine)
+            sock = bind(settings)
+        except (OSError, ValueError) as exc:
+            await runtime.stop(0)
+            startup_failure(
+                f"cannot serve the web console on {settings.web.host}:{settings.web.port}: {exc}"
+            )
+        # uvicorn's _serve: without its own signal handlers, which are serve's below
+        console = asyncio.create_task(server._serve(sockets=[sock]), name="web-console")
+        click.echo(
+            f"callgate web console on http://{settings.web.host}:{settings.web.port}/", err=True
+        )
     remove = install_signal_handlers(
         asyncio.get_running_loop(), runtime.server, settings.agi.drain_seconds
     )
@@ -46,4 +65,7 @@ async def _serve(settings: Settings) -> None:
         await runtime.server.wait_stopped()
     finally:
         remove()
+        if server is not None and console is not None:
+            server.should_exit = True
+            await console
         await runtime.stop(settings.agi.drain_seconds)

@@ -879,3 +879,35 @@ alert_notifications = Table(
     CheckConstraint(_in("status", NotificationStatus), name="status"),
 )
 Index("ix_alert_notifications_status", alert_notifications.c.status)
+
+# --- the web console (issue 13) -----------------------------------------------------------------
+# Operators log in to the console with a password (an argon2 hash; the password is never stored)
+# and call the JSON API with a bearer token (its sha256 hex; the token is shown once).
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column("login", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    _created(),
+    Column("disabled", Boolean(), nullable=False, server_default="0"),
+)
+Index("ux_operators_login_lower", func.lower(operators.c.login), unique=True)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column(
+        "operator_id",
+        Integer(),
+        ForeignKey("operators.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(64), nullable=False, server_default=""),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the token
+    _created(),
+    Column("last_used_at", UtcDateTime(), nullable=True),
+    Column("revoked", Boolean(), nullable=False, server_default="0"),
+)
+Index("ix_api_tokens_operator_id", api_tokens.c.operator_id)

@@ -31,6 +31,8 @@ _ROW_NAMES = {
     "currencies": "a currency",
     "dids": "a DID",
     "iax_friends": "an IAX friend",
+    "operators": "an operator",
+    "api_tokens": "an API token",
     "packages": "a package",
     "rate_tables": "a rate table",
     "sip_friends": "a SIP friend",

@@ -80,7 +80,11 @@ async def test_migrations_and_tables_do_not_drift(engine: AsyncEngine) -> None:
         diff = await conn.run_sync(_diff)
     assert diff == []
     expected = _expression_indexes()
-    assert set(expected) == {"ux_accounts_alias_lower", "ux_contacts_email_lower"}
+    assert set(expected) == {
+        "ux_accounts_alias_lower",
+        "ux_contacts_email_lower",
+        "ux_operators_login_lower",
+    }
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             found = {
