@@ -64,6 +64,7 @@ ACCOUNTS = 2000
 HELD_RATE = 100  # calls per second while filling the held calls
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHECKOUT = str(Path(__file__).resolve().parents[1])
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -211,6 +212,8 @@ class Server:
             "CALLGATE_AGI_MAX_SESSIONS": "12000",
             "CALLGATE_METRICS_ENABLED": "false",
             "CALLGATE_AMI_ENABLED": "false",
+            # the child serves the callgate this benchmark imports (this checkout)
+            "PYTHONPATH": os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p),
         }
         self._log_file = self.log.open("wb")
         self.proc = await asyncio.create_subprocess_exec(
