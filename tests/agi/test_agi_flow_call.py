@@ -27,6 +27,8 @@ from callgate.agi.client import (
 )
 from callgate.agi.flows.call import CallFlows, FlowSettings
 from callgate.agi.server import AgiServer
+from callgate.cli.runtime import open_call_path
+from callgate.config import load_settings
 from callgate.rating import CallPlan, PlanTable, PrefixIndex, Rate, RoutingMode
 from callgate.schema.tables import accounts, calls, reservations
 from callgate.store import accounts as account_store
@@ -85,8 +87,10 @@ class Harness:
         return len(rows)
 
 
-@pytest.fixture
-async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
+@pytest.fixture(params=["core", "lean"])
+async def harness(engine: AsyncEngine, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The flows on the core call path, and on the path ``callgate serve`` runs by default
+    (``[database] call_path = "lean"``: the stdlib driver on SQLite)."""
     async with engine.begin() as conn:
         await plans.create_trunk(conn, name="carrier-b", technology="SIP", peer="gw-b")
         await plans.create_trunk(
@@ -114,10 +118,12 @@ async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
     )
     routing = RoutingData(engine, lambda plan_id: plan if plan_id == plan_row.id else None)
     await routing.refresh()
+    settings = load_settings(environ={"CALLGATE_DATABASE_CALL_PATH": request.param})
+    path = open_call_path(settings, engine, grace_seconds=60, server="")
     flows = CallFlows(
-        accounts=SqlAccounts(engine),
+        accounts=path.accounts,
         plans=routing,
-        ledger=SqlLedger(engine, grace_seconds=60),
+        ledger=path.ledger,
         settings=FlowSettings(dial_warning_seconds=30),
     )
     server = AgiServer({"call": flows.call, "card": flows.card}, port=0)
@@ -126,6 +132,7 @@ async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
         yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account, routing)
     finally:
         await server.shutdown(1)
+        path.close()
 
 
 FROZEN_MS = 1_763_769_600_000  # the emulated Asterisk clock stands still but for simulated time
