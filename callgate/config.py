@@ -86,7 +86,8 @@ class DbSettings:
 
     # how the call path (account lookup, reserve, regrant, settle, release, the attempt record)
     # reaches the database: "lean", the backend's own driver without SQLAlchemy's execution
-    # (SQLite: the stdlib sqlite3 on the event loop); "core", SQLAlchemy Core like the rest
+    # (PostgreSQL: asyncpg directly; SQLite: the stdlib sqlite3 on the event loop); "core",
+    # SQLAlchemy Core like the rest
     call_path: str = "lean"
 
     def __post_init__(self) -> None:

@@ -231,6 +231,10 @@ class LeanSqlite:
     def close(self) -> None:
         self._conn.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, for the runtime's closers."""
+        self.close()
+
     # ---------------------------------------------------------------- running a unit of work
 
     def _once(self, what: str, work: Callable[[sqlite3.Connection], T], write: bool) -> T:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from call_paths import open_test_call_path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,8 +28,6 @@ from callgate.agi.client import (
 )
 from callgate.agi.flows.call import CallFlows, FlowSettings
 from callgate.agi.server import AgiServer
-from callgate.cli.runtime import open_call_path
-from callgate.config import load_settings
 from callgate.rating import CallPlan, PlanTable, PrefixIndex, Rate, RoutingMode
 from callgate.schema.tables import accounts, calls, reservations
 from callgate.store import accounts as account_store
@@ -87,10 +86,9 @@ class Harness:
         return len(rows)
 
 
-@pytest.fixture(params=["core", "lean"])
-async def harness(engine: AsyncEngine, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    """The flows on the core call path, and on the path ``callgate serve`` runs by default
-    (``[database] call_path = "lean"``: the stdlib driver on SQLite)."""
+@pytest.fixture
+async def harness(engine: AsyncEngine, call_path: str) -> AsyncIterator[Harness]:
+    """The flows on each call path (``[database] call_path``: core, and lean, the default)."""
     async with engine.begin() as conn:
         await plans.create_trunk(conn, name="carrier-b", technology="SIP", peer="gw-b")
         await plans.create_trunk(
@@ -118,8 +116,7 @@ async def harness(engine: AsyncEngine, request: pytest.FixtureRequest) -> AsyncI
     )
     routing = RoutingData(engine, lambda plan_id: plan if plan_id == plan_row.id else None)
     await routing.refresh()
-    settings = load_settings(environ={"CALLGATE_DATABASE_CALL_PATH": request.param})
-    path = open_call_path(settings, engine, grace_seconds=60, server="")
+    path = await open_test_call_path(call_path, engine)
     flows = CallFlows(
         accounts=path.accounts,
         plans=routing,
@@ -132,7 +129,7 @@ async def harness(engine: AsyncEngine, request: pytest.FixtureRequest) -> AsyncI
         yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account, routing)
     finally:
         await server.shutdown(1)
-        path.close()
+        await path.close()
 
 
 FROZEN_MS = 1_763_769_600_000  # the emulated Asterisk clock stands still but for simulated time

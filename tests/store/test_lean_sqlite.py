@@ -710,18 +710,18 @@ async def test_serve_runs_the_lean_path_on_sqlite_unless_told_core(lean_db: Lean
     from callgate.cli.runtime import open_call_path
 
     settings = load_settings(environ={})
-    path = open_call_path(settings, lean_db.engine, grace_seconds=5, server="s")
+    path = await open_call_path(settings, lean_db.engine, grace_seconds=5, server="s")
     try:
         assert isinstance(path.accounts, LeanSqlite) and path.ledger is path.accounts
     finally:
-        path.close()
+        await path.close()
     core = load_settings(environ={"CALLGATE_DATABASE_CALL_PATH": "core"})
-    path = open_call_path(core, lean_db.engine, grace_seconds=5, server="s")
+    path = await open_call_path(core, lean_db.engine, grace_seconds=5, server="s")
     assert isinstance(path.accounts, SqlAccounts) and isinstance(path.ledger, SqlLedger)
     memory = create_engine("sqlite+aiosqlite://")
     try:
         assert sqlite_file(memory) is None
-        path = open_call_path(settings, memory, grace_seconds=5, server="s")
+        path = await open_call_path(settings, memory, grace_seconds=5, server="s")
         assert isinstance(path.ledger, SqlLedger)  # no file to share: the core path
     finally:
         await memory.dispose()
