@@ -44,6 +44,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the benchmark measures the checkout it lives in (and its serve child imports the same one)
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from agi_bare import measure as measure_bare
 
