@@ -6,13 +6,19 @@ The client is `callgate.agi.client` (a fake Asterisk 22: the header block, an an
 command, an emulated Dial whose talk time is simulated unless the call is held). It reports:
 
 1. complete calls per second with the Dial answered at once (closed loop, N in flight);
-2. p50 and p99 of header -> EXEC Dial at 100 and at 300 offered calls per second (open loop);
-3. the server's RSS with 5,000 calls held open in Dial, per held call;
-4. in the same run, the bare ceiling: a bare asyncio server answering the same protocol
+2. p50 and p99 of header -> EXEC Dial at offered rates (open loop): by default 40 % of the
+   bare ceiling measured in the same run (``--rates 40%,300`` adds a fixed 300 calls/s);
+3. for each phase, the CPU milliseconds per call of the callgate process and of the database
+   server (PostgreSQL: the backends serving the benchmark database, from /proc/<pid>/stat;
+   SQLite runs inside the callgate process, so its CPU is in the callgate figure);
+4. the server's RSS with 5,000 calls held open in Dial, per held call;
+5. in the same run, the bare ceiling: a bare asyncio server answering the same protocol
    commands with no work (``bench/agi_bare.py``'s raw server), so the result is a ratio.
 
     python bench/agi_load.py                      # both databases, full run
+    python bench/agi_load.py --calls 3000 --backend both --held 0
     python bench/agi_load.py --backend sqlite --calls 2000 --held 1000
+    CALLGATE_DATABASE_CALL_PATH=core python bench/agi_load.py ...   # the SQLAlchemy call path
 
 PostgreSQL comes from $CALLGATE_BENCH_PG_URL (default postgresql+asyncpg://postgres@127.0.0.1/
 postgres); a throwaway database is created and dropped.
@@ -38,6 +44,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the benchmark measures the checkout it lives in (and its serve child imports the same one)
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from agi_bare import measure as measure_bare
 
@@ -57,6 +65,78 @@ from callgate.store.db import create_engine, write_transaction
 ACCOUNTS = 2000
 HELD_RATE = 100  # calls per second while filling the held calls
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far (None when it is gone or unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def pg_backends(database: str) -> list[int]:
+    """The PostgreSQL backend processes serving ``database`` on this machine (their command
+    line is ``postgres: <cluster>: <user> <database> <client> <state>``)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        words = args.split()
+        if len(words) >= 5 and words[0] == "postgres:" and words[3] == database:
+            found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU of the callgate process and of the database server over one phase of the run."""
+
+    def __init__(self, server_pid: int, pg_database: str | None) -> None:
+        self.server_pid, self.pg_database = server_pid, pg_database
+        self._before: tuple[float, dict[int, float]] = (0.0, {})
+
+    def _snapshot(self) -> tuple[float, dict[int, float]]:
+        backends: dict[int, float] = {}
+        if self.pg_database is not None:
+            for pid in pg_backends(self.pg_database):
+                used = cpu_seconds(pid)
+                if used is not None:
+                    backends[pid] = used
+        return cpu_seconds(self.server_pid) or 0.0, backends
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+
+    def report(self, result: LoadResult) -> str:
+        """CPU ms per call of the phase (every call, a refused one too); the callgate process
+        also per dialled call."""
+        (server_before, db_before), (server_after, db_after) = self._before, self._snapshot()
+        per_call = 1000 / max(result.calls, 1)
+        server_ms = (server_after - server_before) * per_call
+        dialled = len(result.setup_ms)
+        per_dialled = (server_after - server_before) * 1000 / max(dialled, 1)
+        if self.pg_database is None:
+            database = "database: SQLite, inside the callgate process (counted there)"
+        else:
+            # a backend that started during the phase counts from 0; one that exited is lost
+            # (the server's pool keeps its connections, so none should)
+            used = sum(after - db_before.get(pid, 0.0) for pid, after in db_after.items())
+            database = (
+                f"PostgreSQL backends of the bench database ({len(db_after)}): "
+                f"{used * per_call:.2f} ms"
+            )
+        return (
+            f"   CPU per call: callgate process {server_ms:.2f} ms ({per_dialled:.2f} ms per "
+            f"dialled call), {database}"
+        )
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -66,6 +146,12 @@ async def _admin(url: str, sql: str) -> None:
             await conn.execute(text(sql))
     finally:
         await engine.dispose()
+
+
+def database_name(url: str) -> str | None:
+    """The PostgreSQL database of a bench URL (None on SQLite)."""
+    parsed = make_url(url)
+    return parsed.database if parsed.get_backend_name() == "postgresql" else None
 
 
 @contextlib.asynccontextmanager
@@ -128,6 +214,8 @@ class Server:
             "CALLGATE_AGI_MAX_SESSIONS": "12000",
             "CALLGATE_METRICS_ENABLED": "false",
             "CALLGATE_AMI_ENABLED": "false",
+            # the child serves the callgate this benchmark imports (this checkout)
+            "PYTHONPATH": os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p),
         }
         self._log_file = self.log.open("wb")
         self.proc = await asyncio.create_subprocess_exec(
@@ -285,6 +373,18 @@ def _fmt(result: LoadResult) -> str:
     )
 
 
+def offered_rates(spec: str, bare_rate: float) -> list[int]:
+    """``40%,300`` -> [40 % of the bare ceiling, 300] calls per second."""
+    rates: list[int] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item.endswith("%"):
+            rates.append(max(1, round(bare_rate * float(item[:-1]) / 100)))
+        elif item:
+            rates.append(int(item))
+    return rates
+
+
 async def run_backend(backend: str, args: argparse.Namespace) -> None:
     async with bench_database(backend) as url:
         print(f"== {backend}: seeding {ACCOUNTS} accounts ...", flush=True)
@@ -292,6 +392,8 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
         log = Path(tempfile.gettempdir()) / f"callgate-bench-{backend}.log"
         port = _free_port()
         async with Server(url, port, log) as server:
+            assert server.proc is not None
+            cpu = CpuMeter(server.proc.pid, database_name(url))
             await run_load(
                 "127.0.0.1",
                 port,
@@ -300,6 +402,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
                 responder_factory=_answered_at_once,
                 spec_factory=_spec,
             )  # warm-up
+            cpu.start()
             closed = await run_load(
                 "127.0.0.1",
                 port,
@@ -309,9 +412,17 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
                 spec_factory=_spec,
             )
             print(f"closed loop, {args.concurrency} in flight: {_fmt(closed)}", flush=True)
-            for rate in (100, 300):
+            print(cpu.report(closed), flush=True)
+            for rate in offered_rates(args.rates, args.bare_rate):
+                share = rate / args.bare_rate if args.bare_rate else 0.0
+                cpu.start()
                 offered = await open_loop(port, rate, args.seconds)
-                print(f"open loop, {rate} calls/s offered: {_fmt(offered)}", flush=True)
+                print(
+                    f"open loop, {rate} calls/s offered ({share:.0%} of the bare ceiling): "
+                    f"{_fmt(offered)}",
+                    flush=True,
+                )
+                print(cpu.report(offered), flush=True)
         if args.held:  # a fresh server: the overload of the last run must not linger
             async with Server(url, _free_port(), log.with_suffix(".held.log")) as server:
                 before, during, seen = await held_calls(server, args.held)
@@ -333,16 +444,32 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0, help="open-loop duration")
     parser.add_argument("--held", type=int, default=5000, help="calls held in Dial (0: skip)")
+    parser.add_argument(
+        "--rates",
+        default="40%",
+        help="open-loop offered rates, calls/s or a %% of the bare ceiling (default 40%%)",
+    )
     args = parser.parse_args()
     args.results = {}
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    call_path = os.environ.get("CALLGATE_DATABASE_CALL_PATH", "lean (default)")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {_cpu_model()}")
+    print(f"[database] call_path: {call_path}")
     bare = await measure_bare("raw", args.calls, args.concurrency)
+    args.bare_rate = bare.sessions_per_second
     print(f"bare asyncio ceiling (same commands, no work): {_fmt(bare)}", flush=True)
     for backend in ["pg", "sqlite"] if args.backend == "both" else [args.backend]:
         await run_backend(backend, args)
     for backend, rate in args.results.items():
         ratio = rate / bare.sessions_per_second if bare.sessions_per_second else 0.0
         print(f"{backend}: {rate:,.0f} dialled calls/s = {ratio:.0%} of the bare ceiling")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -77,6 +77,27 @@ class AgiSettings:
     drain_seconds: int = 30
 
 
+CALL_PATHS = ("lean", "core")
+
+
+@dataclass(frozen=True, slots=True)
+class DbSettings:
+    """The database (its URL is the top-level ``database_url``)."""
+
+    # how the call path (account lookup, reserve, regrant, settle, release, the attempt record)
+    # reaches the database: "lean", the backend's own driver without SQLAlchemy's execution
+    # (PostgreSQL: asyncpg directly; SQLite: the stdlib sqlite3 on the event loop); "core",
+    # SQLAlchemy Core like the rest
+    call_path: str = "lean"
+
+    def __post_init__(self) -> None:
+        if self.call_path not in CALL_PATHS:
+            raise SettingsError(
+                f"setting database.call_path: must be one of {', '.join(CALL_PATHS)},"
+                f" not {self.call_path!r}"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class AmiSettings:
     """The Asterisk Manager Interface connection."""
@@ -174,6 +195,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     log_level: str = "INFO"
     server_name: str = ""  # this callgate in billing records; default: the host name
+    database: DbSettings = DbSettings()
     agi: AgiSettings = AgiSettings()
     ami: AmiSettings = AmiSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -182,3 +182,15 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+@pytest.fixture(params=["core", "lean"])
+def call_path(request: pytest.FixtureRequest, db_url: str) -> str:
+    """The call path (``[database] call_path``) a flow test runs on, on each backend; ``lean``
+    skips where the backend has no lean implementation (tests/call_paths.py)."""
+    from call_paths import LEAN_BACKENDS, backend
+
+    name: str = request.param
+    if name == "lean" and backend(db_url) not in LEAN_BACKENDS:
+        pytest.skip(f"no lean call path on {backend(db_url)}")
+    return name

@@ -27,7 +27,11 @@ from callgate.ami.listener import AmiListener
 from callgate.ami.reaper import run_live_gauges, run_reaper
 from callgate.config import Settings
 from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger, WholesaleData
-from callgate.store.db import create_engine
+from callgate.store.db import create_engine, is_sqlite
+from callgate.store.errors import StoreError
+from callgate.store.lean_pg import LeanPostgres
+from callgate.store.lean_sqlite import LeanSqlite, sqlite_file
+from callgate.store.ports import AccountLookup, Ledger
 from callgate.store.ratecache import RateCache
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class Runtime:
     metrics_server: metrics.MetricsServer | None = None
     ami: AmiClient | None = None
     listener: AmiListener | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def runner() -> None:
@@ -70,6 +75,8 @@ class Runtime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.cache.close()
+            for close in self.closers:
+                await close()
             await self.engine.dispose()
 
 
@@ -91,6 +98,43 @@ def reservation_grace(settings: Settings) -> int:
     """
     billing = settings.billing
     return billing.reservation_grace_seconds + billing.dial_ring_seconds * MAX_TRUNK_CHAIN
+
+
+async def _nothing_to_close() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class CallPath:
+    """The account lookup and the ledger of the call flows, and how to close them."""
+
+    accounts: AccountLookup
+    ledger: Ledger
+    close: Callable[[], Awaitable[None]] = _nothing_to_close
+
+
+async def open_call_path(
+    settings: Settings, engine: AsyncEngine, *, grace_seconds: int, server: str
+) -> CallPath:
+    """The call path's SQL: ``[database] call_path = "lean"`` (the default) runs it on the
+    backend's own driver, ``"core"`` on SQLAlchemy Core. PostgreSQL:
+    :class:`~callgate.store.lean_pg.LeanPostgres`, an asyncpg pool of its own on the same
+    database; SQLite: :class:`~callgate.store.lean_sqlite.LeanSqlite`, the stdlib sqlite3 on the
+    event loop, sharing the engine's writer lock (an in-memory database has no file to share:
+    it runs on core). Raises StoreError when the lean connection cannot be opened."""
+    if settings.database.call_path == "lean":
+        if not is_sqlite(engine):
+            lean_pg = await LeanPostgres.connect(
+                engine.url, grace_seconds=grace_seconds, server=server
+            )
+            return CallPath(lean_pg, lean_pg, lean_pg.close)
+        if sqlite_file(engine) is not None:
+            lean = LeanSqlite.for_engine(engine, grace_seconds=grace_seconds, server=server)
+            return CallPath(lean, lean, lean.aclose)
+        log.warning("database.call_path = lean needs an SQLite file; in memory, using core")
+    return CallPath(
+        SqlAccounts(engine), SqlLedger(engine, grace_seconds=grace_seconds, server=server)
+    )
 
 
 async def open_runtime(
@@ -126,10 +170,18 @@ async def open_runtime(
         await cache.close()
         await engine.dispose()
         raise StartupError(str(exc)) from exc
+    try:
+        call_path = await open_call_path(
+            settings, engine, grace_seconds=reservation_grace(settings), server=policy.server
+        )
+    except StoreError as exc:
+        await cache.close()
+        await engine.dispose()
+        raise StartupError(f"cannot open the call path: {exc}") from exc
     flows = CallFlows(
-        accounts=SqlAccounts(engine),
+        accounts=call_path.accounts,
         plans=routing,
-        ledger=SqlLedger(engine, grace_seconds=reservation_grace(settings), server=policy.server),
+        ledger=call_path.ledger,
         settings=policy,
         ips=wholesale,
         cli_rules=wholesale,
@@ -148,11 +200,12 @@ async def open_runtime(
         header_timeout_ms=agi.header_timeout_ms,
         command_timeout_ms=agi.command_timeout_ms,
     )
-    runtime = Runtime(settings, engine, cache, routing, flows, server)
+    runtime = Runtime(settings, engine, cache, routing, flows, server, closers=[call_path.close])
     try:
         await server.start()
     except OSError as exc:
         await cache.close()
+        await call_path.close()
         await engine.dispose()
         raise StartupError(f"cannot listen on {agi.host}:{agi.port}: {exc}") from exc
     runtime.spawn("routing-refresh", lambda: _refresh_routing(routing))

@@ -36,21 +36,36 @@ class Money(TypeDecorator[Decimal]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        if isinstance(value, float) or isinstance(value, bool):
-            raise TypeError(f"money must be Decimal or int, not {type(value).__name__}")
-        amount = Decimal(value).quantize(_QUANTUM, rounding=ROUND_HALF_UP)
         if dialect.name == "sqlite":
-            return int(amount.scaleb(MONEY_PLACES))
-        return amount
+            return money_to_sqlite(value)
+        return quantize_money(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
         if dialect.name == "sqlite":
-            if isinstance(value, float):  # pragma: no cover - only if a float was stored by hand
-                raise TypeError("a float is stored in a money column")
-            return Decimal(int(value)).scaleb(-MONEY_PLACES).quantize(_QUANTUM)
+            return money_from_sqlite(value)
         return Decimal(value).quantize(_QUANTUM)
+
+
+def quantize_money(value: Decimal | int | str) -> Decimal:
+    """``value`` with five decimals, ROUND_HALF_UP; a float (or bool) is refused."""
+    if isinstance(value, float) or isinstance(value, bool):
+        raise TypeError(f"money must be Decimal or int, not {type(value).__name__}")
+    return Decimal(value).quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def money_to_sqlite(value: Decimal | int | str) -> int:
+    """What SQLite stores for an amount: an integer count of 10^-5 units. The one conversion,
+    used by :class:`Money` and by the call path's stdlib driver (``store/lean_sqlite.py``)."""
+    return int(quantize_money(value).scaleb(MONEY_PLACES))
+
+
+def money_from_sqlite(value: int) -> Decimal:
+    """The exact amount a stored count of 10^-5 units is (a float is refused)."""
+    if isinstance(value, float):  # pragma: no cover - only if a float was stored by hand
+        raise TypeError("a float is stored in a money column")
+    return Decimal(int(value)).scaleb(-MONEY_PLACES).quantize(_QUANTUM)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -78,3 +93,22 @@ class UtcDateTime(TypeDecorator[datetime]):
         if stamp.tzinfo is None:
             return stamp.replace(tzinfo=UTC)
         return stamp.astimezone(UTC)
+
+
+def utc_to_sqlite(value: datetime) -> str:
+    """What :class:`UtcDateTime` stores on SQLite (SQLAlchemy's DATETIME text of the naive UTC
+    time, ``YYYY-MM-DD HH:MM:SS.ffffff``): the call path's stdlib driver writes the same text, so
+    the two sort and compare alike."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: give timestamps a time zone")
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
+
+
+def utc_from_sqlite(value: str) -> datetime:
+    """A stored SQLite timestamp (with or without microseconds: server defaults have none) as
+    an aware UTC datetime."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)

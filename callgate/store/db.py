@@ -71,7 +71,10 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _writer_lock(engine: AsyncEngine) -> asyncio.Lock:
+def writer_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """The one-writer lock of this process for the SQLite database of ``engine``: every writer
+    (:func:`write_transaction`, and the call path's stdlib driver in ``store/lean_sqlite.py``)
+    holds it from ``BEGIN IMMEDIATE`` to ``COMMIT``."""
     lock = _SQLITE_WRITERS.get(engine.sync_engine)
     if lock is None:
         lock = _SQLITE_WRITERS[engine.sync_engine] = asyncio.Lock()
@@ -90,7 +93,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
     (Other processes on the same file still wait through ``busy_timeout``.)
     """
     if is_sqlite(engine):
-        async with _writer_lock(engine), engine.connect() as connection:
+        async with writer_lock(engine), engine.connect() as connection:
             connection = await connection.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
             async with connection.begin():
                 yield connection

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from call_paths import open_test_call_path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -86,7 +87,8 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
+async def harness(engine: AsyncEngine, call_path: str) -> AsyncIterator[Harness]:
+    """The flows on each call path (``[database] call_path``: core, and lean, the default)."""
     async with engine.begin() as conn:
         await plans.create_trunk(conn, name="carrier-b", technology="SIP", peer="gw-b")
         await plans.create_trunk(
@@ -114,10 +116,11 @@ async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
     )
     routing = RoutingData(engine, lambda plan_id: plan if plan_id == plan_row.id else None)
     await routing.refresh()
+    path = await open_test_call_path(call_path, engine)
     flows = CallFlows(
-        accounts=SqlAccounts(engine),
+        accounts=path.accounts,
         plans=routing,
-        ledger=SqlLedger(engine, grace_seconds=60),
+        ledger=path.ledger,
         settings=FlowSettings(dial_warning_seconds=30),
     )
     server = AgiServer({"call": flows.call, "card": flows.card}, port=0)
@@ -126,6 +129,7 @@ async def harness(engine: AsyncEngine) -> AsyncIterator[Harness]:
         yield Harness(engine, server, FakeAsterisk("127.0.0.1", server.port), account, routing)
     finally:
         await server.shutdown(1)
+        await path.close()
 
 
 FROZEN_MS = 1_763_769_600_000  # the emulated Asterisk clock stands still but for simulated time
