@@ -16,7 +16,7 @@ from callgate.config import Settings
 from callgate.store import operators as operators_store
 from callgate.store.db import write_transaction
 from callgate.store.errors import ConflictError
-from callgate.web import auth, console
+from callgate.web import api, auth, console
 from callgate.web.context import STATIC_DIR, TEMPLATES_DIR, WebContext
 from callgate.web.security import (
     CsrfError,
@@ -75,8 +75,7 @@ def create_app(settings: Settings, engine: AsyncEngine, *, secret: str | None = 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(auth.router)
     app.include_router(console.router)
-    # the JSON API (callgate.web.api) and the customer portal (callgate.web.portal) are
-    # included here too
+    app.mount("/api", api.create_api_app(settings, engine))  # /api/v1/..., /api/openapi.json
     return app
 
 
