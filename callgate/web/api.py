@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from callgate.agi.simulate import simulate_call
+from callgate.simulation import simulate_call
 from callgate.config import Settings
 from callgate.schema.tables import AccountStatus, CallStatus, PaymentKind, PaymentStatus
 from callgate.store import accounts as account_store
@@ -816,8 +816,8 @@ def api_router(settings: Settings, engine: AsyncEngine) -> APIRouter:
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         result = await simulate_call(
-            engine,
             settings,
+            engine,
             number=body.number,
             at=at,
             account_key=body.account,

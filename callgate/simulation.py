@@ -1,9 +1,9 @@
-"""The whole decision of a call without Asterisk (ConnexCS's Simulate), as data.
+"""The whole decision of a call without Asterisk (ConnexCS's Simulate), for ``callgate simulate``
+and the web console's Simulate page.
 
 It runs the live flow's :class:`~callgate.agi.flows.call.CallDecision` (identification with IP
 authentication and tech prefix, caller ID rules, rating, free package seconds, the ledger's
 checks and grant, the Dial string) over read-only ports: nothing is reserved, held or charged.
-``callgate simulate``, the console and the JSON API print what :func:`simulate_call` returns.
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ SIMULATED_UNIQUEID = "simulated"
 
 
 async def simulate_call(
-    engine: AsyncEngine,
     settings: Settings,
+    engine: AsyncEngine,
     *,
     number: str,
-    at: datetime,
     account_key: str = "",
     callerid: str = "",
     accountcode: str = "",
     source_ip: str = "",
+    at: datetime,
 ) -> dict[str, Any]:
-    """The decision the live ``call`` flow would take for ``number`` at ``at``, as plain data
-    (status, reason, checks, account, normalised number, routes with their grants, grant,
-    reserve, presented caller ID, Dial string). Nothing is reserved, held or charged."""
+    """The decision for a call to ``number`` at ``at``, as plain data (``--json``'s keys)."""
     policy = flow_settings(settings)
     routing = SimulatedRouting(engine)
     wholesale = SimulatedWholesale(engine, zone=ZoneInfo(settings.billing.timezone))
