@@ -27,9 +27,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from callgate.simulation import simulate_call
 from callgate.config import Settings
 from callgate.schema.tables import AccountStatus, CallStatus, PaymentKind, PaymentStatus
+from callgate.simulation import simulate_call
 from callgate.store import accounts as account_store
 from callgate.store import api_tokens as token_store
 from callgate.store import calls as call_store
