@@ -9,20 +9,17 @@ The search criteria (``--number``, ``--status``, ``--balance-min``...) are the s
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from decimal import Decimal
-from enum import Enum
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from callgate.cli import groups
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
+from callgate.formats import XML_END, write_csv, write_xml
+from callgate.formats import text as _fmt
 from callgate.schema.tables import AccountStatus, ExpiryMode
 from callgate.store import accounts as store
 from callgate.store import contacts as store_contacts
@@ -77,40 +74,12 @@ def criteria_options(func: F) -> F:
 def criteria_from(options: dict[str, Any]) -> AccountCriteria:
     """The criteria from the options' values; malformed values are usage errors."""
     try:
-        balance_min = _opt_money(options.get("c_balance_min"), "balance-min")
-        balance_max = _opt_money(options.get("c_balance_max"), "balance-max")
-        created_from = _opt_time(options.get("c_created_from"), "created-from")
-        created_to = _opt_time(options.get("c_created_to"), "created-to")
+        return store.parse_criteria(
+            {name: options.get(f"c_{name}") for name in store.CRITERIA_FIELDS},
+            options.get("c_status") or (),
+        )
     except InvalidDataError as exc:
         raise click.BadParameter(str(exc)) from exc
-    text_to = options.get("c_created_to") or ""
-    if created_to is not None and len(text_to.strip()) == 10:  # a whole day: up to its end
-        created_to += timedelta(days=1)
-    return AccountCriteria(
-        number=options.get("c_number"),
-        alias=options.get("c_alias"),
-        name=options.get("c_name"),
-        group=options.get("c_group"),
-        plan=options.get("c_plan"),
-        statuses=tuple(AccountStatus(s) for s in options.get("c_status") or ()),
-        balance_min=balance_min,
-        balance_max=balance_max,
-        created_from=created_from,
-        created_before=created_to,
-        language=options.get("c_language"),
-        currency=options.get("c_currency"),
-        callerid=options.get("c_callerid"),
-        ip=options.get("c_ip"),
-        text=options.get("c_text"),
-    )
-
-
-def _opt_money(text: str | None, field: str) -> Decimal | None:
-    return None if text is None else store.parse_amount(text, field)
-
-
-def _opt_time(text: str | None, field: str) -> datetime | None:
-    return None if text is None else store.parse_datetime(text, field)
 
 
 # (flag, field, help); values are text, parsed by store.parse_account_fields
@@ -173,18 +142,6 @@ def fields_from(options: dict[str, Any]) -> dict[str, str]:
 
 def _json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return str(value.value)
-    return str(value)
 
 
 # --- add, generate, show, info -------------------------------------------------------------------
@@ -716,28 +673,6 @@ def delete_cmd(
 # --- export, import ------------------------------------------------------------------------------
 
 
-def _write_csv(out: IO[str], columns: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    return lambda row: writer.writerow([_fmt(row[c]) for c in columns])
-
-
-def _write_xml(out: IO[str], columns: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
-    out.write('<?xml version="1.0" encoding="UTF-8"?>\n<accounts>\n')
-
-    def _row(row: dict[str, Any]) -> None:
-        element = ET.Element("account")
-        for column in columns:
-            cell = ET.SubElement(element, column)
-            if row[column] is None:
-                cell.set("null", "true")
-            else:
-                cell.text = _fmt(row[column])
-        out.write("  " + ET.tostring(element, encoding="unicode") + "\n")
-
-    return _row
-
-
 @accounts.command("export")
 @criteria_options
 @click.option(
@@ -766,12 +701,12 @@ def export_cmd(fmt: str, columns: str | None, output: str, **options: Any) -> No
         count = 0
         async with engine_for(app().settings) as engine, engine.connect() as conn:
             with click.open_file(output, "w", encoding="utf-8") as out:
-                write = (_write_csv if fmt == "csv" else _write_xml)(out, chosen)
+                write = (write_csv if fmt == "csv" else write_xml)(out, chosen)
                 async for row in store.iter_export_rows(conn, criteria, chosen):
                     write(row)
                     count += 1
                 if fmt == "xml":
-                    out.write("</accounts>\n")
+                    out.write(XML_END)
         return count
 
     count = run(_go())

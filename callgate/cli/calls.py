@@ -8,7 +8,7 @@ reaper pass now (``callgate serve`` runs it every ``billing.reaper_interval_seco
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,6 +20,7 @@ from callgate.config import Settings
 from callgate.store import calls as call_store
 from callgate.store import reconcile
 from callgate.store.accounts import require_account
+from callgate.store.errors import InvalidDataError
 
 LIST_COLUMNS = ("started_at", "uniqueid", "number", "destination", "billsec", "cost", "status")
 
@@ -30,16 +31,10 @@ def zone_of(settings: Settings) -> tzinfo:
 
 def parse_when(text: str | None, zone: tzinfo, option: str) -> datetime | None:
     """``YYYY-MM-DD`` (local midnight in the operator's zone) or ISO-8601 (local if no zone)."""
-    if text is None or not text.strip():
-        return None
-    value = text.strip()
     try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(0), tzinfo=zone).astimezone(UTC)
-        stamp = datetime.fromisoformat(value)
-    except ValueError as exc:
+        return call_store.parse_when(text, zone, option)
+    except InvalidDataError as exc:
         raise click.BadParameter(f"not a date or ISO time: {text!r}", param_hint=option) from exc
-    return (stamp.replace(tzinfo=zone) if stamp.tzinfo is None else stamp).astimezone(UTC)
 
 
 def _iso(value: Any) -> Any:

@@ -48,7 +48,18 @@ def stats(
         echo_json(data)
         return
     echo_table(
-        ["PERIOD", "ATTEMPTS", "ANSWERED", "ASR%", "ACD", "PDD_MS", "PEAK_CPS", "COST", "CAUSES"],
+        [
+            "PERIOD",
+            "ATTEMPTS",
+            "ANSWERED",
+            "ASR%",
+            "ACD",
+            "PDD_MS",
+            "PEAK_CPS",
+            "CHANNELS",
+            "COST",
+            "CAUSES",
+        ],
         [
             [
                 d["period"],
@@ -58,6 +69,7 @@ def stats(
                 d["acd_seconds"],
                 "" if d["pdd_ms"] is None else d["pdd_ms"],
                 d["peak_cps"],
+                d["peak_channels"],
                 d["cost"],
                 " ".join(f"{k}:{v}" for k, v in d["hangup_causes"].items()),
             ]

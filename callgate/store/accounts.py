@@ -18,7 +18,7 @@ import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -514,6 +514,57 @@ def parse_datetime(text: str, field: str) -> datetime:
     except ValueError as exc:
         raise InvalidDataError(f"{field}: not a date (YYYY-MM-DD) or ISO time: {text!r}") from exc
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+CRITERIA_FIELDS = (
+    "number", "alias", "name", "group", "plan", "balance_min", "balance_max", "created_from",
+    "created_to", "language", "currency", "callerid", "ip", "text",
+)  # fmt: skip
+
+
+def parse_criteria(
+    values: Mapping[str, str | None], statuses: Iterable[str] = ()
+) -> AccountCriteria:
+    """Search criteria from text (CLI options, a web form): empty texts do not filter;
+    ``created_to`` as a day (YYYY-MM-DD) means up to that day's end. Raises InvalidDataError
+    naming the criterion that is malformed."""
+
+    def text(name: str) -> str | None:
+        value = values.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def money(name: str) -> Decimal | None:
+        value = text(name)
+        return None if value is None else parse_amount(value, name.replace("_", "-"))
+
+    def when(name: str) -> datetime | None:
+        value = text(name)
+        return None if value is None else parse_datetime(value, name.replace("_", "-"))
+
+    created_to = when("created_to")
+    if created_to is not None and len(text("created_to") or "") == 10:  # a day: up to its end
+        created_to += timedelta(days=1)
+    chosen: list[AccountStatus] = []
+    for status in statuses:
+        if status:
+            chosen.append(_parse_choice(AccountStatus, status, "status"))
+    return AccountCriteria(
+        number=text("number"),
+        alias=text("alias"),
+        name=text("name"),
+        group=text("group"),
+        plan=text("plan"),
+        statuses=tuple(chosen),
+        balance_min=money("balance_min"),
+        balance_max=money("balance_max"),
+        created_from=when("created_from"),
+        created_before=created_to,
+        language=text("language"),
+        currency=text("currency"),
+        callerid=text("callerid"),
+        ip=text("ip"),
+        text=text("text"),
+    )
 
 
 def parse_amount(text: str, field: str) -> Decimal:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -161,6 +162,21 @@ async def iter_calls(
 
 
 # -- days in the operator's zone ------------------------------------------------------------------
+
+
+def parse_when(text: str | None, zone: tzinfo, field: str) -> datetime | None:
+    """``YYYY-MM-DD`` (local midnight in the operator's zone) or ISO-8601 (local if no zone),
+    as UTC; None for no text. Raises InvalidDataError naming ``field``."""
+    if text is None or not text.strip():
+        return None
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(0), tzinfo=zone).astimezone(UTC)
+        stamp = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidDataError(f"{field}: not a date or ISO time: {text!r}") from exc
+    return (stamp.replace(tzinfo=zone) if stamp.tzinfo is None else stamp).astimezone(UTC)
 
 
 def day_bounds(day: date, zone: tzinfo) -> tuple[datetime, datetime]:
@@ -350,10 +366,12 @@ class CallStats:
     pdd_ms_total: int = 0
     pdd_count: int = 0
     peak_cps: int = 0
+    peak_channels: int = 0  # the most calls up at once (from start to end)
     hangup_causes: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     _second: datetime | None = None
     _in_second: int = 0
+    _ends: list[datetime] = field(default_factory=list)  # a heap: the ends of calls still up
 
     @property
     def asr(self) -> Decimal:
@@ -375,8 +393,16 @@ class CallStats:
         return round(self.pdd_ms_total / self.pdd_count) if self.pdd_count else None
 
     def add(self, started: datetime, billsec: int, dial_status: str, pdd_ms: int | None,
-            hangup_cause: int | None, status: str, charged: Decimal) -> None:  # fmt: skip
+            hangup_cause: int | None, status: str, charged: Decimal,
+            ended: datetime | None = None) -> None:  # fmt: skip
+        """Count one call; calls come in start order. A call without an end time is up for
+        its billed seconds."""
         self.attempts += 1
+        end = ended if ended is not None else started + timedelta(seconds=billsec)
+        while self._ends and self._ends[0] < started:
+            heapq.heappop(self._ends)
+        heapq.heappush(self._ends, max(end, started))
+        self.peak_channels = max(self.peak_channels, len(self._ends))
         if dial_status == "ANSWER" or billsec > 0:
             self.answered += 1
             self.billsec += billsec
@@ -404,6 +430,7 @@ class CallStats:
             "cost": self.cost,
             "pdd_ms": self.pdd_ms,
             "peak_cps": self.peak_cps,
+            "peak_channels": self.peak_channels,
             "hangup_causes": dict(sorted(self.hangup_causes.items())),
             "statuses": dict(sorted(self.statuses.items())),
         }
@@ -426,7 +453,16 @@ async def call_stats(
     """Statistics of the calls matching ``flt``, per period in time order."""
     c = calls.c
     query = (
-        select(c.started_at, c.billsec, c.dial_status, c.pdd_ms, c.hangup_cause, c.status, c.cost)
+        select(
+            c.started_at,
+            c.billsec,
+            c.dial_status,
+            c.pdd_ms,
+            c.hangup_cause,
+            c.status,
+            c.cost,
+            c.ended_at,
+        )
         .where(and_(True, *_where(flt)))
         .order_by(c.started_at, c.id)
         .execution_options(yield_per=STREAM_BATCH)
@@ -436,12 +472,12 @@ async def call_stats(
         result = await conn.stream(query)
         try:
             async for partition in result.partitions(STREAM_BATCH):
-                for started, billsec, dial_status, pdd, cause, status, charged in partition:
+                for started, billsec, dial_status, pdd, cause, status, charged, ended in partition:
                     key = _period_key(started, by, zone)
                     stats = out.get(key)
                     if stats is None:
                         stats = out[key] = CallStats(key)
-                    stats.add(started, billsec, dial_status, pdd, cause, status, charged)
+                    stats.add(started, billsec, dial_status, pdd, cause, status, charged, ended)
         finally:
             await result.close()
     if not out and by is StatsPeriod.ALL:

@@ -33,12 +33,15 @@ async def test_stats_of_a_known_set(engine: AsyncEngine) -> None:
         "cost": cost(RATE, 60) + cost(RATE, 30) + cost(RATE, 120),
         "pdd_ms": 1625,  # (1000 + 3000 + 500 + 2000) / 4
         "peak_cps": 3,
+        "peak_channels": 3,  # c1, c2 and c3 (then c4) are up at once on day 1
         "hangup_causes": {"16": 3, "17": 1, "19": 1, "none": 1},
         "statuses": {"NO_CREDIT": 1, "OK": 5},
     }
-    assert [(d.period, d.attempts, d.answered, d.acd, d.peak_cps) for d in by_day] == [
-        ("2026-11-20", 4, 2, Decimal("45.0"), 3),
-        ("2026-11-21", 2, 1, Decimal("120.0"), 1),
+    assert [
+        (d.period, d.attempts, d.answered, d.acd, d.peak_cps, d.peak_channels) for d in by_day
+    ] == [
+        ("2026-11-20", 4, 2, Decimal("45.0"), 3, 3),
+        ("2026-11-21", 2, 1, Decimal("120.0"), 1, 2),  # c6 starts while c5 talks
     ]
     assert [(m.period, m.attempts) for m in by_month] == [("2026-11", 6)]
     assert since[0].attempts == 2 and since[0].asr == Decimal("50.00")
