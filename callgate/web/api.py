@@ -232,6 +232,15 @@ class PaymentCreate(BaseModel):
     description: str = Field("", max_length=1000)
 
 
+class PaymentStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["completed", "cancelled"] = Field(
+        description="pending -> completed credits; pending -> cancelled moves nothing; "
+        "completed -> cancelled takes the credit back."
+    )
+
+
 class CallOut(BaseModel):
     """One billing record (CDR)."""
 
@@ -687,6 +696,48 @@ def api_router(settings: Settings, engine: AsyncEngine) -> APIRouter:
                 )
             except InvalidDataError as exc:
                 raise FieldError("amount", str(exc)) from exc
+        return _payment_out(payment)
+
+    @router.get(
+        "/payments",
+        summary="List payments",
+        description=(
+            "Payments of every account (or one), newest first, as `callgate payments list`: "
+            "`status=pending` lists the customers' top-up requests from the portal."
+        ),
+        response_model=list[PaymentOut],
+        tags=["payments"],
+    )
+    async def all_payments(
+        account_id: int | None = None,
+        status: PaymentStatus | None = None,
+        kind: PaymentKind | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    ) -> list[PaymentOut]:
+        async with engine.connect() as conn:
+            found = await payment_store.list_payments(
+                conn, account_id=account_id, status=status, kind=kind, limit=limit
+            )
+        return [_payment_out(p) for p in found]
+
+    @router.post(
+        "/payments/{payment_id}/status",
+        summary="Complete or cancel a payment",
+        description=(
+            "As `callgate payments set-status`: completing a pending payment (a portal top-up "
+            "request) credits the account; the balance moves in the same transaction."
+        ),
+        response_model=PaymentOut,
+        responses={404: {"model": ErrorOut, "description": "No such payment."}},
+        tags=["payments"],
+    )
+    async def payment_status(payment_id: int, body: PaymentStatusIn) -> PaymentOut:
+        async with write_transaction(engine) as conn:
+            await payment_store.fetch_payment(conn, payment_id)  # 404 before anything
+            try:
+                payment = await payment_store.set_payment_status(conn, payment_id, body.status)
+            except InvalidDataError as exc:
+                raise FieldError("status", str(exc)) from exc
         return _payment_out(payment)
 
     @router.get(

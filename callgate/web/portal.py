@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from callgate.config import Settings
@@ -147,6 +147,14 @@ def _page(
     )
 
 
+def _not_found(
+    context: WebContext, request: Request, session: Session, me: PortalContact, message: str
+) -> Response:
+    """Another account's row, or none: the same 404 (the portal never says which)."""
+    values = {"me": me, "message": message}
+    return _page(context, request, "notfound.html", session, values, status=404)
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, context: Ctx, session: Sess) -> Response:
     return _page(context, request, "login.html", session, {"error": "", "email": ""})
@@ -242,8 +250,8 @@ async def call_page(
     async with context.engine.connect() as conn:
         try:
             row = await store.account_call(conn, me.account_id, call_id)
-        except NotFoundError as exc:
-            raise HTTPException(404, "no such call") from exc
+        except NotFoundError:
+            return _not_found(context, request, session, me, "No such call.")
         money = await store.money_of(conn, me.account_id)
     row["shown_cost"] = _shown(money, row["cost"])
     return _page(context, request, "call.html", session, {"me": me, "call": row})
@@ -266,8 +274,8 @@ async def payment_page(
     async with context.engine.connect() as conn:
         try:
             payment = await store.account_payment(conn, me.account_id, payment_id)
-        except NotFoundError as exc:
-            raise HTTPException(404, "no such payment") from exc
+        except NotFoundError:
+            return _not_found(context, request, session, me, "No such payment.")
         money = await store.money_of(conn, me.account_id)
     values = {
         "me": me,

@@ -232,6 +232,20 @@ async def test_add_and_list_payments_with_the_minimum_and_tax(api: Api) -> None:
     assert [p["status"] for p in listed] == ["pending", "completed", "completed"]
     only = (await api.get(f"{path}/payments", params={"status": "pending"})).json()
     assert [p["amount"] for p in only] == ["20.00000"]
+    everyone = (await api.get("/api/v1/payments", params={"status": "pending"})).json()
+    assert [p["id"] for p in everyone] == [pending.json()["id"]]
+
+    done = await api.post(f"/api/v1/payments/{only[0]['id']}/status", {"status": "completed"})
+    assert done.status_code == 200 and done.json()["status"] == "completed"
+    assert (await api.get(path)).json()["balance"] == "31.66667"  # + 20 / 1.2
+    twice = await api.post(f"/api/v1/payments/{only[0]['id']}/status", {"status": "completed"})
+    assert twice.status_code == 422
+    assert twice.json()["detail"][0]["loc"] == ["body", "status"]
+    assert "already completed" in twice.json()["detail"][0]["msg"]
+    bad = await api.post(f"/api/v1/payments/{only[0]['id']}/status", {"status": "pending"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "status"]
+    missing = await api.post("/api/v1/payments/99999/status", {"status": "cancelled"})
+    assert missing.status_code == 404 and missing.json() == {"detail": "no payment with id 99999"}
 
 
 async def test_cdrs_of_an_account_and_of_all(api: Api) -> None:

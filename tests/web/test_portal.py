@@ -23,7 +23,7 @@ from callgate.store import accounts as account_store
 from callgate.store import contacts, ledger
 from callgate.store.currencies import add_currency
 from callgate.store.db import write_transaction
-from callgate.store.payments import set_payment_status
+from callgate.store.payments import add_payment, set_payment_status
 from callgate.web.app import OPERATOR_COOKIE, create_app
 
 SECRET = "p" * 32
@@ -154,10 +154,16 @@ async def test_a_customer_sees_only_its_own_calls_payments_and_notes(portal: Por
     own = await portal.client.get(f"/portal/calls/{mine.group(1)}")
     assert own.status_code == 200 and "442079460000" in own.text
     other_call = await portal.client.get(f"/portal/calls/{portal.bob_call}")
-    assert other_call.status_code == 404
+    assert other_call.status_code == 404 and 'id="not-found">No such call.<' in other_call.text
     assert "15559998888" not in other_call.text
     other_payment = await portal.client.get(f"/portal/payments/{portal.bob_payment}")
-    assert other_payment.status_code == 404
+    assert other_payment.status_code == 404 and "No such payment." in other_payment.text
+    async with write_transaction(portal.engine) as conn:
+        paid = await add_payment(conn, portal.alice_id, Decimal("15"), description="by card")
+    own_payments = (await portal.client.get("/portal/payments")).text
+    assert own_payments.count('href="/portal/payments/') == 1 and "by card" in own_payments
+    own_payment = await portal.client.get(f"/portal/payments/{paid.id}")
+    assert own_payment.status_code == 200 and 'id="payment-amount">15.00 USD<' in own_payment.text
     assert (await portal.client.get("/portal/calls/999999")).status_code == 404
     payments_page = (await portal.client.get("/portal/payments")).text
     assert f'href="/portal/payments/{portal.bob_payment}"' not in payments_page
