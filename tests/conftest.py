@@ -35,6 +35,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="It looks like `register_random`")
     import hypothesis  # noqa: F401
 
+# the web tests' fixtures (tests/web/webkit.py): a seeded database, the app, a server, a browser
+pytest_plugins = ["web.webkit"]
+
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 

@@ -142,12 +142,14 @@ def render(
     **data: Any,
 ) -> Response:
     """A page with what every page shows: the operator, the CSRF token, a flash message."""
-    flash = session.pop("flash") if session.get("flash") else None
+    message, kind = data.pop("flash", ""), data.pop("flash_kind", "ok")
+    if not message and session.get("flash"):  # set by the POST that redirected here
+        message, kind = session.pop("flash")
     values: dict[str, Any] = {
         "me": me,
         "csrf": session.csrf,
-        "flash": flash[0] if flash else data.pop("flash", ""),
-        "flash_kind": flash[1] if flash else data.pop("flash_kind", "ok"),
+        "flash": message,
+        "flash_kind": kind,
         "fmt": fmt,
     }
     values.update(data)
@@ -384,7 +386,10 @@ async def account_page(
     if info is None:
         return _not_found(request, context, session, me)
     async with context.engine.connect() as conn:
-        snapshot_stale = await friends_store.stale_marks(conn)
+        marks = await friends_store.stale_marks(conn)
+    # as `callgate confgen status`: the formats this server generates (confgen.formats)
+    targets = _config_targets(context)
+    snapshot_stale = {t: m for t, m in marks.items() if t in targets}
     return render(
         request,
         context,
