@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 import socket
 
 import click
@@ -56,8 +57,8 @@ def bind(settings: Settings) -> socket.socket:
 
 
 async def web_server(settings: Settings, engine: AsyncEngine) -> uvicorn.Server:
-    """A uvicorn server for the console over ``engine`` (not started: ``serve(sockets=...)``
-    runs it with uvicorn's signal handling, ``_serve`` inside ``callgate serve``'s)."""
+    """A uvicorn server for the console over ``engine`` (not started: ``_serve(sockets=...)``
+    runs it under the caller's signal handling)."""
     secret = await load_secret(settings, engine)
     application = create_app(settings, engine, secret=secret)
     config = uvicorn.Config(
@@ -85,7 +86,15 @@ async def _web(settings: Settings) -> None:
             f"callgate web console on http://{settings.web.host}:{sock.getsockname()[1]}/",
             err=True,
         )
-        with sock:
-            await server.serve(sockets=[sock])
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly, exit 0
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        try:
+            with sock:
+                # uvicorn's _serve: serve() would re-raise the signal after stopping (exit -15)
+                await server._serve(sockets=[sock])
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
     finally:
         await engine.dispose()

@@ -298,6 +298,7 @@ class StatsOut(BaseModel):
     cost: Decimal
     pdd_ms: int | None
     peak_cps: int
+    peak_channels: int = Field(description="The most calls up at once.")
     hangup_causes: dict[str, int]
     statuses: dict[str, int]
 

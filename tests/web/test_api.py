@@ -268,6 +268,7 @@ async def test_stats_live_calls_and_simulate(api: Api) -> None:
     assert (stats[0]["attempts"], stats[0]["answered"], stats[0]["asr_percent"]) == (6, 3, "50.00")
     by_day = (await api.get("/api/v1/stats", params={"by": "day"})).json()
     assert [p["period"] for p in by_day] == ["2026-11-20", "2026-11-21"]
+    assert {type(p["peak_channels"]) for p in by_day} == {int}
 
     now = datetime.now(UTC)
     async with write_transaction(api.engine) as conn:

@@ -14,10 +14,11 @@ from sqlalchemy import select
 from webkit import OPERATOR, PASSWORD, SECRET, web_settings
 
 from callgate.cli.main import cli
+from callgate.config import Secret
 from callgate.schema.tables import operators
 from callgate.store import accounts as account_store
 from callgate.store.db import create_engine
-from callgate.web.app import create_app
+from callgate.web.app import create_app, load_secret
 from callgate.web.security import LoginRateLimiter, SessionCookies, secure_cookies
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -233,3 +234,22 @@ def test_the_console_needs_a_secret(seeded_url: str) -> None:
     engine = create_engine(seeded_url)
     with pytest.raises(ValueError, match="secret"):
         create_app(web_settings(seeded_url), engine, secret="short")
+
+
+async def test_the_secret_is_generated_once_and_kept_in_the_database(seeded_url: str) -> None:
+    settings = web_settings(seeded_url)
+    engine = create_engine(seeded_url)
+    try:
+        first = await load_secret(settings, engine)
+        assert len(first) >= 32
+        assert await load_secret(settings, engine) == first  # a restart signs alike
+        configured = web_settings(seeded_url, secret=Secret("from-the-config-" + "z" * 20))
+        assert await load_secret(configured, engine) == "from-the-config-" + "z" * 20
+        # cookies signed by one process open sessions in another on the same database
+        cookies = SessionCookies(first, "c", "salt", 60, secure=False)
+        session = cookies.load(None)
+        session["uid"] = 7
+        again = SessionCookies(await load_secret(settings, engine), "c", "salt", 60, secure=False)
+        assert again.load(cookies.dump(session)).get("uid") == 7
+    finally:
+        await engine.dispose()
