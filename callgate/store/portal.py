@@ -194,6 +194,15 @@ async def minimum_topup(conn: AsyncConnection, account_id: int) -> Decimal:
     return Decimal(value)
 
 
+def plain_amount(amount: Decimal) -> str:
+    """An exact amount without the stored trailing zeros, at least 2 places: ``10.00``,
+    ``10.125`` (never rounded, so a minimum shown is the minimum applied)."""
+    text = f"{amount:f}"
+    whole, _, places = text.partition(".")
+    places = places.rstrip("0")
+    return f"{whole}.{places.ljust(2, '0')}"
+
+
 async def request_topup(
     conn: AsyncConnection, account_id: int, amount: Decimal, *, requested_by: str
 ) -> Payment:
@@ -204,9 +213,11 @@ async def request_topup(
     """
     minimum = await minimum_topup(conn, account_id)
     if amount <= 0:
-        raise InvalidDataError(f"a top-up must be positive, not {amount}")
+        raise InvalidDataError(f"a top-up must be positive, not {plain_amount(amount)}")
     if amount < minimum:
-        raise InvalidDataError(f"the minimum top-up is {minimum}; {amount} is below it")
+        raise InvalidDataError(
+            f"the minimum top-up is {plain_amount(minimum)}; {plain_amount(amount)} is below it"
+        )
     return await add_payment(
         conn,
         account_id,

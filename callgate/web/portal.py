@@ -299,7 +299,12 @@ async def _topup_values(context: WebContext, me: PortalContact) -> dict[str, Any
     async with context.engine.connect() as conn:
         minimum = await store.minimum_topup(conn, me.account_id)
         base = await account_store.base_currency(conn)
-    return {"me": me, "minimum": minimum, "base": base}
+    return {
+        "me": me,
+        "minimum": minimum,
+        "shown_minimum": store.plain_amount(minimum),
+        "base": base,
+    }
 
 
 @router.get("/topup", response_class=HTMLResponse)

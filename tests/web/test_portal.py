@@ -24,6 +24,7 @@ from callgate.store import contacts, ledger
 from callgate.store.currencies import add_currency
 from callgate.store.db import write_transaction
 from callgate.store.payments import add_payment, set_payment_status
+from callgate.store.portal import plain_amount
 from callgate.web.app import OPERATOR_COOKIE, create_app
 
 SECRET = "p" * 32
@@ -175,11 +176,11 @@ async def test_a_customer_sees_only_its_own_calls_payments_and_notes(portal: Por
 async def test_top_up_request_respects_the_minimum_and_stays_pending(portal: Portal) -> None:
     await portal.login(*ALICE)
     form = await portal.client.get("/portal/topup")
-    assert 'id="minimum">10.00000<' in form.text
+    assert 'id="minimum">10.00<' in form.text
     token = csrf_of(form.text)
     for amount, message in [
-        ("9.99", "the minimum top-up is 10.00000; 9.99 is below it"),
-        ("-5", "a top-up must be positive"),
+        ("9.99", "the minimum top-up is 10.00; 9.99 is below it"),
+        ("-5", "a top-up must be positive, not -5.00"),
         ("ten", "amount"),
         ("", "amount"),
     ]:
@@ -263,3 +264,11 @@ async def test_logout_ends_the_session(portal: Portal) -> None:
     out = await portal.client.post("/portal/logout", data={"csrf": token})
     assert out.status_code == 303 and out.headers["location"] == "/portal/login"
     assert (await portal.client.get("/portal/")).status_code == 303
+
+
+def test_amounts_shown_exactly_without_stored_zeros() -> None:
+    assert plain_amount(Decimal("10.00000")) == "10.00"
+    assert plain_amount(Decimal("10.12500")) == "10.125"
+    assert plain_amount(Decimal("0.00001")) == "0.00001"
+    assert plain_amount(Decimal("7")) == "7.00"
+    assert plain_amount(Decimal("-5")) == "-5.00"

@@ -96,7 +96,7 @@ def test_portal_login_balance_and_top_up_in_a_browser(
     assert driver.find_element(By.ID, "balance").text == "12.50 USD"
 
     go(driver, "nav-topup")
-    assert driver.find_element(By.ID, "minimum").text == "20.00000"
+    assert driver.find_element(By.ID, "minimum").text == "20.00"
     driver.find_element(By.ID, "amount").send_keys("19.99")
     go(driver, "request")
     assert "below it" in driver.find_element(By.ID, "error").text
