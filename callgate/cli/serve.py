@@ -47,7 +47,7 @@ async def _serve(settings: Settings) -> None:
         try:
             server = await web_server(settings, runtime.engine)
             sock = bind(settings)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             await runtime.stop(0)
             startup_failure(
                 f"cannot serve the web console on {settings.web.host}:{settings.web.port}: {exc}"

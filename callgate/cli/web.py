@@ -77,7 +77,10 @@ async def _web(settings: Settings) -> None:
     engine = create_engine(settings.database_url)
     try:
         await require_migrated(engine)
-        server = await web_server(settings, engine)
+        try:
+            server = await web_server(settings, engine)
+        except ValueError as exc:  # a [web] setting that cannot be used
+            startup_failure(str(exc))
         try:
             sock = bind(settings)
         except OSError as exc:

@@ -1,7 +1,8 @@
 """Operator login and logout, and the dependencies every console page uses.
 
-A console session holds the operator's id and a fingerprint of their password hash: removing,
-disabling or re-passwording an operator ends their sessions at the next request. Logins are
+A console session holds the operator's id, the login time and a fingerprint of their password
+hash: removing, disabling or re-passwording an operator ends their sessions at the next request,
+and a session ends ``[web] session_hours`` after its login whatever was done since. Logins are
 rate limited per (address, login); an unknown login costs as much as a wrong password.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Annotated
 from urllib.parse import quote
 
@@ -53,7 +55,10 @@ async def current_operator(
 ) -> Operator:
     """The logged-in operator; else a redirect to the login page (back here afterwards)."""
     operator_id = session.get("uid")
-    if isinstance(operator_id, int):
+    logged_at = session.get("at")
+    max_age = context.operator_cookies.max_age_seconds
+    fresh = isinstance(logged_at, int) and 0 <= time.time() - logged_at < max_age
+    if isinstance(operator_id, int) and fresh:
         async with context.engine.connect() as conn:
             found = await store.get_operator(conn, operator_id)
         if (
@@ -128,7 +133,9 @@ async def login(
         log.warning("console login for %r from %s failed", login, client_address(request))
         return refused("Wrong login or password.", 401)
     limiter.success(key)
-    session.renew(uid=found.id, pw=fingerprint(found.password_hash), login=found.login)
+    session.renew(
+        uid=found.id, pw=fingerprint(found.password_hash), login=found.login, at=int(time.time())
+    )
     log.info("operator %s logged in from %s", found.login, client_address(request))
     return RedirectResponse(_safe_next(next), status_code=303)
 

@@ -83,6 +83,9 @@ def test_callgate_web_refuses_a_taken_port_or_pending_migrations(
             )
         )
     assert code == 3 and f"cannot listen on 127.0.0.1:{port}" in err
+    bad = {"CALLGATE_DATABASE_URL": seeded_url, "CALLGATE_WEB_COOKIE_SECURE": "sometimes"}
+    code, err, _ = asyncio.run(_run(["web"], bad, tmp_path, None))
+    assert code == 3 and "web.cookie_secure" in err
     fresh = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     code, err, _ = asyncio.run(_run(["web"], {"CALLGATE_DATABASE_URL": fresh}, tmp_path, None))
     assert code == 3 and "pending migration" in err

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from webkit import OPERATOR, PASSWORD, SECRET, web_settings
+from webkit import OPERATOR, PASSWORD, SECRET, csrf_of, login, web_settings
 
 from callgate.cli.main import cli
 from callgate.config import Secret
@@ -20,23 +19,6 @@ from callgate.store import accounts as account_store
 from callgate.store.db import create_engine
 from callgate.web.app import create_app, load_secret
 from callgate.web.security import LoginRateLimiter, SessionCookies, secure_cookies
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = CSRF.search(page.text)
-    assert found is not None, page.text
-    return found.group(1)
-
-
-async def login(
-    client: httpx.AsyncClient, user: str = OPERATOR, password: str = PASSWORD
-) -> httpx.Response:
-    token = csrf_of(await client.get("/login"))
-    return await client.post(
-        "/login", data={"csrf": token, "login": user, "password": password, "next": "/accounts"}
-    )
 
 
 async def balance_of(db_url: str, key: str) -> str:
@@ -251,5 +233,25 @@ async def test_the_secret_is_generated_once_and_kept_in_the_database(seeded_url:
         session["uid"] = 7
         again = SessionCookies(await load_secret(settings, engine), "c", "salt", 60, secure=False)
         assert again.load(cookies.dump(session)).get("uid") == 7
+    finally:
+        await engine.dispose()
+
+
+async def test_a_session_ends_session_hours_after_login(seeded_url: str) -> None:
+    engine = create_engine(seeded_url)
+    app = create_app(web_settings(seeded_url), engine, secret=SECRET)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50002))
+    cookies = SessionCookies(SECRET, "callgate_console", "callgate.console.session", 3600, False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+            assert (await login(client)).status_code == 303
+            data = cookies.load(client.cookies["callgate_console"]).data
+            assert (await client.get("/accounts")).status_code == 200
+            # the same session, re-signed now but logged in 13 hours ago (session_hours = 12)
+            old = cookies.load(None)
+            for key, value in {**data, "at": data["at"] - 13 * 3600}.items():
+                old[key] = value
+            client.cookies.set("callgate_console", cookies.dump(old))
+            assert (await client.get("/accounts")).status_code == 303
     finally:
         await engine.dispose()

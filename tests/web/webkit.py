@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import threading
@@ -40,6 +41,24 @@ CHROMEDRIVER = os.environ.get("CALLGATE_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 # 12 accounts beside the demo's five, so the card list has two pages of 10
 EXTRA = tuple((f"71000000{n:02d}", f"Lastname{n:02d}") for n in range(1, 13))
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+async def login(
+    client: httpx.AsyncClient, user: str = OPERATOR, password: str = PASSWORD
+) -> httpx.Response:
+    token = csrf_of(await client.get("/login"))
+    return await client.post(
+        "/login", data={"csrf": token, "login": user, "password": password, "next": "/accounts"}
+    )
 
 
 def web_settings(db_url: str, confgen_dir: Path | None = None, **web: Any) -> Settings:
