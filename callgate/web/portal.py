@@ -6,9 +6,10 @@ top-up requests, server-rendered.
   e-mail costs as much as a wrong password.
 - Its own session cookie (``callgate_portal``, path ``/portal``, its own signing salt): an
   operator's console session never opens the portal, nor the other way round. The session
-  holds the contact id, its account id and a fingerprint of the password hash, so removing the
-  contact, changing its password or turning portal access off ends the session at the next
-  request. Every POST needs the session's CSRF token.
+  holds the contact id, its account id, the login time and a fingerprint of the password hash,
+  so removing the contact, changing its password or turning portal access off ends the session
+  at the next request, and a session ends ``[web] session_hours`` after its login. Every
+  POST needs the session's CSRF token.
 - A customer sees only its own account: every query filters by the session's account id, so
   another account's call or payment id is a 404.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
@@ -98,11 +100,17 @@ def _fingerprint(password_hash: str) -> str:
 
 async def _customer(
     context: Annotated[WebContext, Depends(web)],
+    portal: Annotated[PortalContext, Depends(_portal)],
     session: Annotated[Session, Depends(_session)],
 ) -> PortalContact:
-    """The logged-in contact (still existing, same password, portal access still on)."""
+    """The logged-in contact (still existing, same password, portal access still on), within
+    ``[web] session_hours`` of its login however often the cookie was re-signed since."""
     contact_id = session.get("cid")
-    if isinstance(contact_id, int):
+    logged_at = session.get("at")
+    fresh = (
+        isinstance(logged_at, int) and 0 <= time.time() - logged_at < portal.cookies.max_age_seconds
+    )
+    if isinstance(contact_id, int) and fresh:
         async with context.engine.connect() as conn:
             found = await store.fetch_contact(conn, contact_id)
         if (
@@ -199,7 +207,12 @@ async def login(
             status=401,
         )
     limiter.success(key)
-    session.renew(cid=found.contact_id, aid=found.account_id, pw=_fingerprint(found.password_hash))
+    session.renew(
+        cid=found.contact_id,
+        aid=found.account_id,
+        pw=_fingerprint(found.password_hash),
+        at=int(time.time()),
+    )
     log.info("portal: contact %s of account id %s logged in", found.email, found.account_id)
     return RedirectResponse(f"{PREFIX}/", status_code=303)
 

@@ -26,6 +26,7 @@ from callgate.store.db import write_transaction
 from callgate.store.payments import add_payment, set_payment_status
 from callgate.store.portal import plain_amount
 from callgate.web.app import OPERATOR_COOKIE, create_app
+from callgate.web.portal import portal_cookies
 
 SECRET = "p" * 32
 ALICE = ("alice@example.com", "alice-password")
@@ -256,6 +257,18 @@ async def test_the_operator_cookie_does_not_open_the_portal_nor_the_reverse(
     assert (await portal.client.get("/portal/")).status_code == 303
     console = await portal.client.get("/")
     assert console.status_code == 303 and console.headers["location"].startswith("/login")
+
+
+async def test_a_session_ends_session_hours_after_its_login(portal: Portal) -> None:
+    await portal.login(*ALICE)
+    assert (await portal.client.get("/portal/")).status_code == 200
+    raw = portal.client.cookies.get("callgate_portal")
+    cookies = portal_cookies(Settings(), SECRET)
+    session = cookies.load(raw)
+    assert isinstance(session.get("at"), int)
+    session.data["at"] -= cookies.max_age_seconds  # logged in 12 hours ago, re-signed now
+    portal.client.cookies.set("callgate_portal", cookies.dump(session), path="/portal")
+    assert (await portal.client.get("/portal/")).status_code == 303
 
 
 async def test_logout_ends_the_session(portal: Portal) -> None:
