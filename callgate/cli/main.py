@@ -29,6 +29,7 @@ from callgate.cli import channels as channels_cmd
 from callgate.cli import currencies as currencies_cmd
 from callgate.cli import dids as dids_cmd
 from callgate.cli import ips as ips_cmd
+from callgate.cli import operator_tokens as _operator_tokens  # noqa: F401 - adds operators token*
 from callgate.cli import packages as packages_cmd
 from callgate.cli import recordings as recordings_cmd
 from callgate.cli import stats as stats_cmd

@@ -16,7 +16,7 @@ from callgate.config import Settings
 from callgate.store import operators as operators_store
 from callgate.store.db import write_transaction
 from callgate.store.errors import ConflictError
-from callgate.web import auth, console
+from callgate.web import api, auth, console, portal
 from callgate.web.context import STATIC_DIR, TEMPLATES_DIR, WebContext
 from callgate.web.security import (
     CsrfError,
@@ -68,21 +68,28 @@ def create_app(settings: Settings, engine: AsyncEngine, *, secret: str | None = 
         operator_cookies=cookies,
         login_limiter=LoginRateLimiter(web.login_max_failures, web.login_window_seconds),
     )
+    app.state.portal = portal.portal_context(settings, key)
     app.add_middleware(SessionMiddleware, cookies=cookies)
+    app.add_middleware(SessionMiddleware, cookies=app.state.portal.cookies)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_exception_handler(auth.LoginRequired, _login_required)
     app.add_exception_handler(CsrfError, _csrf_refused)
+    app.add_exception_handler(portal.PortalLoginRequired, _portal_login_required)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(auth.router)
     app.include_router(console.router)
-    # the JSON API (callgate.web.api) and the customer portal (callgate.web.portal) are
-    # included here too
+    app.include_router(portal.router)  # /portal: the customers' own pages
+    app.mount("/api", api.create_api_app(settings, engine))  # /api/v1/..., /api/openapi.json
     return app
 
 
 async def _login_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, auth.LoginRequired)
     return RedirectResponse(exc.location, status_code=303)
+
+
+async def _portal_login_required(request: Request, exc: Exception) -> Response:
+    return RedirectResponse(f"{portal.PREFIX}/login", status_code=303)
 
 
 async def _csrf_refused(request: Request, exc: Exception) -> Response:
