@@ -495,9 +495,10 @@ def tables_remove(name: str, yes: bool, as_json: bool) -> None:
 
     async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
-            data = await _table_json(conn, await store.fetch_rate_table(conn, name))
-            await store.remove_rate_table(conn, name, with_rates=yes)
-            return data
+            names = {t.id: t.name for t in await store.list_trunks(conn)}
+            removed = await store.remove_rate_table(conn, name, with_rates=yes)
+            # as `tables show --json` printed it just before (in no plan, or it would stay)
+            return {**_table_data(removed.table, names, removed.rates), "plans": []}
 
     data = run(_go())
     if as_json:
@@ -658,9 +659,8 @@ def trunks_remove(name: str, as_json: bool) -> None:
 
     async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
-            data = await _trunk_json(conn, await store.fetch_trunk(conn, name))
-            await store.remove_trunk(conn, name)
-            return data
+            names = {t.id: t.name for t in await store.list_trunks(conn)}
+            return _trunk_data(await store.remove_trunk(conn, name), names)
 
     data = run(_go())
     if as_json:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import (
@@ -84,6 +84,12 @@ class RemovedRateTable:
 
 
 SAMPLE_SIZE = 5  # rows named in a refusal ("used by 12 account(s): 1001, 1002, ...")
+
+
+async def _lock(conn: AsyncConnection, table: Table, row_id: int) -> None:
+    """Lock a row until the transaction ends (PostgreSQL; on SQLite a write transaction
+    already holds the whole database): a removal checks what uses it, then deletes it."""
+    await conn.execute(select(table.c.id).where(table.c.id == row_id).with_for_update())
 
 
 def _sample(names: list[str], total: int | None = None) -> str:
@@ -276,9 +282,9 @@ async def remove_trunk(conn: AsyncConnection, name: str) -> Trunk:
     Call records keep the trunk's name as text, so history is unaffected. Run it in a write
     transaction (`callgate.store.db.write_transaction`); returns the trunk as it was.
     """
-    current = await fetch_trunk(conn, name)
     async with mapped_errors(f"trunk {name}"):
-        await conn.execute(select(trunks.c.id).where(trunks.c.id == current.id).with_for_update())
+        await _lock(conn, trunks, (await fetch_trunk(conn, name)).id)
+        current = await fetch_trunk(conn, name)
         uses = await trunk_uses(conn, current.id)
         if uses:
             raise ConflictError(f"trunk {name!r} is still used: {'; '.join(uses)}; nothing removed")
@@ -398,11 +404,9 @@ async def remove_call_plan(
     nothing else references a call plan. Run it in a write transaction; returns the plan and
     its links as they were.
     """
-    current = await fetch_call_plan(conn, name)
     async with mapped_errors(f"call plan {name}"):
-        await conn.execute(
-            select(call_plans.c.id).where(call_plans.c.id == current.id).with_for_update()
-        )
+        await _lock(conn, call_plans, (await fetch_call_plan(conn, name)).id)
+        current = await fetch_call_plan(conn, name)
         used = int(
             await conn.scalar(
                 select(func.count())
@@ -540,11 +544,9 @@ async def remove_rate_table(
     charged (table name, prefix, prices and cost are copied into ``calls``, whose ``rate_id``
     is no foreign key), as after ``rates import --replace``.
     """
-    current = await fetch_rate_table(conn, name)
     async with mapped_errors(f"rate table {name}"):
-        await conn.execute(
-            select(rate_tables.c.id).where(rate_tables.c.id == current.id).with_for_update()
-        )
+        await _lock(conn, rate_tables, (await fetch_rate_table(conn, name)).id)
+        current = await fetch_rate_table(conn, name)
         in_plans = [
             row.name
             for row in await conn.execute(
