@@ -1,14 +1,18 @@
 """``callgate plans|tables|trunks|rates``: routing and pricing data.
 
-- ``plans add|list|show|attach|detach``: call plans, their rate tables (with priorities), the
-  routing mode (lcr, priority, lcd) and the maximum call length.
-- ``tables add|list|show``: rate tables (a default trunk, a version bumped on every change).
-- ``trunks add|list|update``: the carriers' trunks.
+- ``plans add|list|show|update|remove|attach|detach``: call plans, their rate tables (with
+  priorities), the routing mode (lcr, priority, lcd) and the maximum call length.
+- ``tables add|list|show|update|remove``: rate tables (a default trunk, a version bumped on
+  every change of their routes).
+- ``trunks add|list|update|remove``: the carriers' trunks.
 - ``rates import|export|lookup``: CSV decks in and out (RATING.md column names, A2Billing's
   accepted on import), and what a number costs in a plan.
 
 Thin commands over `callgate.store.plans` and `callgate.store.rates`; data to stdout, messages to
-stderr, ``--json`` wherever data is printed.
+stderr, ``--json`` wherever data is printed and on every command that changes something (one JSON
+document on stdout: the object as ``show``/``list --json`` print it, ``{"removed": ...}`` for a
+removal, the counts for an import). A removal is refused, with what still uses the object,
+while anything does; nothing is changed then.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
 from callgate.config import Settings
@@ -41,8 +46,13 @@ from callgate.schema.tables import EnabledStatus, RoutingMode, TrunkTechnology
 from callgate.store import plans as store
 from callgate.store import rates as store_rates
 from callgate.store.db import write_transaction
+from callgate.store.errors import NotFoundError
 
 PROGRESS_MIN_BYTES = 1_000_000  # show a progress bar for decks larger than this
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."
+)
 
 
 def _zone(settings: Settings) -> tzinfo:
@@ -93,14 +103,20 @@ def _plan_data(plan: store.CallPlanRow, links: list[store.PlanTableLink]) -> dic
     help="Do not strip the international prefix (00, 011...) before rating.",
 )
 @click.option("--description", default="", help="Free text.")
+@_json_option
 def plans_add(
-    name: str, mode: str, max_call_seconds: int, keep_international_prefix: bool, description: str
+    name: str,
+    mode: str,
+    max_call_seconds: int,
+    keep_international_prefix: bool,
+    description: str,
+    as_json: bool,
 ) -> None:
     """Create a call plan NAME."""
 
-    async def _go() -> store.CallPlanRow:
+    async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
-            return await store.create_call_plan(
+            plan = await store.create_call_plan(
                 conn,
                 name=name,
                 routing_mode=mode,
@@ -108,9 +124,12 @@ def plans_add(
                 remove_international_prefix=not keep_international_prefix,
                 description=description,
             )
+            return _plan_data(plan, [])
 
-    plan = run(_go())
-    click.echo(f"call plan {plan.name} created ({plan.routing_mode.value})", err=True)
+    data = run(_go())
+    if as_json:
+        echo_json(data)
+    click.echo(f"call plan {data['name']} created ({data['routing_mode']})", err=True)
 
 
 @plans.command("list")
@@ -176,29 +195,125 @@ def plans_show(name: str, as_json: bool) -> None:
     show_default=True,
     help="Lower is preferred (orders routes in priority mode, breaks ties in lcr/lcd).",
 )
-def plans_attach(plan: str, table: str, priority: int) -> None:
-    """Add rate table TABLE to call plan PLAN (or change its priority there)."""
+@_json_option
+def plans_attach(plan: str, table: str, priority: int, as_json: bool) -> None:
+    """Add rate table TABLE to call plan PLAN (or change its priority there).
 
-    async def _go() -> None:
+    With --json, prints the plan as `plans show --json` does."""
+
+    async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             await store_rates.attach_table(conn, plan, table, priority=priority)
+            return await _plan_json(conn, plan)
 
-    run(_go())
+    data = run(_go())
+    if as_json:
+        echo_json(data)
     click.echo(f"rate table {table} in call plan {plan} at priority {priority}", err=True)
 
 
 @plans.command("detach")
 @click.argument("plan")
 @click.argument("table")
-def plans_detach(plan: str, table: str) -> None:
-    """Remove rate table TABLE from call plan PLAN."""
+@_json_option
+def plans_detach(plan: str, table: str, as_json: bool) -> None:
+    """Remove rate table TABLE from call plan PLAN (the table itself stays).
 
-    async def _go() -> None:
+    With --json, prints the plan as `plans show --json` does."""
+
+    async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             await store_rates.detach_table(conn, plan, table)
+            return await _plan_json(conn, plan)
 
-    run(_go())
+    data = run(_go())
+    if as_json:
+        echo_json(data)
     click.echo(f"rate table {table} removed from call plan {plan}", err=True)
+
+
+async def _plan_json(conn: AsyncConnection, name: str) -> dict[str, Any]:
+    plan = await store.fetch_call_plan(conn, name)
+    return _plan_data(plan, await store.plan_tables(conn, plan.id))
+
+
+@plans.command("update")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="New name of the call plan.")
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in RoutingMode]),
+    default=None,
+    help="Route order: lcr (buy rate), priority (table priority), lcd (sell rate).",
+)
+@click.option(
+    "--max-call-seconds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Longest call allowed on this plan, whatever the credit.",
+)
+@click.option(
+    "--keep-international-prefix/--remove-international-prefix",
+    "keep_international_prefix",
+    default=None,
+    help="Keep (or strip, as `plans add` does by default) the international prefix.",
+)
+@click.option("--description", default=None, help="Free text.")
+@_json_option
+def plans_update(
+    name: str,
+    new_name: str | None,
+    mode: str | None,
+    max_call_seconds: int | None,
+    keep_international_prefix: bool | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change call plan NAME (only the options given); --name renames it.
+
+    Accounts, rate tables and their priorities stay with the plan. Running servers see the
+    change at once on PostgreSQL, within their poll interval on SQLite."""
+    remove_prefix = None if keep_international_prefix is None else not keep_international_prefix
+
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            plan = await store.update_call_plan(
+                conn,
+                name,
+                new_name=new_name,
+                routing_mode=mode,
+                max_call_seconds=max_call_seconds,
+                remove_international_prefix=remove_prefix,
+                description=description,
+            )
+            return _plan_data(plan, await store.plan_tables(conn, plan.id))
+
+    data = run(_go())
+    if as_json:
+        echo_json(data)
+    renamed = f" (now {data['name']})" if data["name"] != name else ""
+    click.echo(f"call plan {name} updated{renamed}", err=True)
+
+
+@plans.command("remove")
+@click.argument("name")
+@_json_option
+def plans_remove(name: str, as_json: bool) -> None:
+    """Remove call plan NAME and its links to rate tables (the tables stay).
+
+    Refused while accounts use the plan (move them first: `callgate accounts batch-update
+    --plan NAME --set plan=OTHER`). With --json, prints {"removed": <the plan as it was>}."""
+
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            plan, links = await store.remove_call_plan(conn, name)
+            return _plan_data(plan, links)
+
+    data = run(_go())
+    if as_json:
+        echo_json({"removed": data})
+    detached = f" ({len(data['tables'])} rate table(s) detached)" if data["tables"] else ""
+    click.echo(f"call plan {name} removed{detached}", err=True)
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -228,17 +343,37 @@ def _table_data(
 @click.option("--trunk", default=None, help="Default trunk of the table's rates.")
 @click.option("--record-calls", is_flag=True, help="Record the calls priced by this table.")
 @click.option("--description", default="", help="Free text.")
-def tables_add(name: str, trunk: str | None, record_calls: bool, description: str) -> None:
-    """Create an empty rate table NAME (fill it with `callgate rates import`)."""
+@_json_option
+def tables_add(
+    name: str, trunk: str | None, record_calls: bool, description: str, as_json: bool
+) -> None:
+    """Create an empty rate table NAME (fill it with `callgate rates import`).
 
-    async def _go() -> None:
+    With --json, prints the table as `tables show --json` does."""
+
+    async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
-            await store.create_rate_table(
+            table = await store.create_rate_table(
                 conn, name=name, trunk=trunk, record_calls=record_calls, description=description
             )
+            return await _table_json(conn, table)
 
-    run(_go())
+    data = run(_go())
+    if as_json:
+        echo_json(data)
     click.echo(f"rate table {name} created", err=True)
+
+
+async def _table_json(conn: AsyncConnection, table: store.RateTableRow) -> dict[str, Any]:
+    """A rate table as `tables show --json` prints it."""
+    names = {t.id: t.name for t in await store.list_trunks(conn)}
+    counts = await store_rates.rate_counts(conn)
+    data = _table_data(table, names, counts.get(table.id, 0))
+    data["plans"] = [
+        {"plan": plan, "priority": priority}
+        for plan, priority in await store_rates.plans_of_table(conn, table.id)
+    ]
+    return data
 
 
 @tables.command("list")
@@ -277,15 +412,7 @@ def tables_show(name: str, as_json: bool) -> None:
 
     async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.connect() as conn:
-            table = await store.fetch_rate_table(conn, name)
-            names = {t.id: t.name for t in await store.list_trunks(conn)}
-            counts = await store_rates.rate_counts(conn)
-            data = _table_data(table, names, counts.get(table.id, 0))
-            data["plans"] = [
-                {"plan": plan, "priority": priority}
-                for plan, priority in await store_rates.plans_of_table(conn, table.id)
-            ]
-            return data
+            return await _table_json(conn, await store.fetch_rate_table(conn, name))
 
     data = run(_go())
     if as_json:
@@ -298,6 +425,85 @@ def tables_show(name: str, as_json: bool) -> None:
         click.echo(f"description: {data['description']}")
     plans_text = ", ".join(f"{p['plan']}:{p['priority']}" for p in data["plans"])
     click.echo(f"plans: {plans_text}")
+
+
+@tables.command("update")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="New name of the rate table.")
+@click.option("--trunk", default=None, help="Default trunk of the table's rates.")
+@click.option("--no-trunk", is_flag=True, help="Clear the default trunk.")
+@click.option(
+    "--record-calls/--no-record-calls",
+    "record_calls",
+    default=None,
+    help="Record (or stop recording) the calls priced by this table.",
+)
+@click.option("--description", default=None, help="Free text.")
+@_json_option
+def tables_update(
+    name: str,
+    new_name: str | None,
+    trunk: str | None,
+    no_trunk: bool,
+    record_calls: bool | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change rate table NAME (only the options given); --name renames it.
+
+    A new name or default trunk bumps the table's version, so running servers rebuild its
+    routes (at once on PostgreSQL). Its rates and call plans stay. Call records keep the name
+    the table had when they were priced."""
+    if trunk is not None and no_trunk:
+        raise click.UsageError("give either --trunk or --no-trunk, not both")
+    if trunk == "":
+        raise click.BadParameter(
+            "empty: use --no-trunk to clear the default trunk", param_hint="--trunk"
+        )
+    new_trunk = "" if no_trunk else trunk
+
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            table = await store.update_rate_table(
+                conn,
+                name,
+                new_name=new_name,
+                trunk=new_trunk,
+                record_calls=record_calls,
+                description=description,
+            )
+            return await _table_json(conn, table)
+
+    data = run(_go())
+    if as_json:
+        echo_json(data)
+    renamed = f" (now {data['name']})" if data["name"] != name else ""
+    click.echo(f"rate table {name} updated{renamed}; version {data['version']}", err=True)
+
+
+@tables.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Remove it even though it holds rates (they go too).")
+@_json_option
+def tables_remove(name: str, yes: bool, as_json: bool) -> None:
+    """Remove rate table NAME and its rates.
+
+    Refused while the table is in a call plan (`callgate plans detach PLAN NAME` first) or
+    prices calls not settled yet; a table holding rates needs --yes. Call records keep what
+    they were charged (the table's name, the prefix, prices and cost are copied into each).
+    With --json, prints {"removed": <the table as it was>}."""
+
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            names = {t.id: t.name for t in await store.list_trunks(conn)}
+            removed = await store.remove_rate_table(conn, name, with_rates=yes)
+            # as `tables show --json` printed it just before (in no plan, or it would stay)
+            return {**_table_data(removed.table, names, removed.rates), "plans": []}
+
+    data = run(_go())
+    if as_json:
+        echo_json({"removed": data})
+    click.echo(f"rate table {name} removed with its {data['rates']} rate(s)", err=True)
 
 
 # --- trunks --------------------------------------------------------------------------------------
@@ -336,6 +542,7 @@ _STATUS = click.Choice([s.value for s in EnabledStatus])
 @click.option("--failover", default=None, help="Trunk to try when this one fails.")
 @click.option("--channel-limit", type=click.IntRange(min=0), default=None, help="Max channels.")
 @click.option("--status", type=_STATUS, default=EnabledStatus.ACTIVE.value, show_default=True)
+@_json_option
 def trunks_add(
     name: str,
     technology: str,
@@ -346,12 +553,15 @@ def trunks_add(
     failover: str | None,
     channel_limit: int | None,
     status: str,
+    as_json: bool,
 ) -> None:
-    """Create a trunk NAME."""
+    """Create a trunk NAME.
 
-    async def _go() -> None:
+    With --json, prints the trunk as an item of `trunks list --json`."""
+
+    async def _go() -> dict[str, Any]:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
-            await store.create_trunk(
+            trunk = await store.create_trunk(
                 conn,
                 name=name,
                 technology=technology,
@@ -363,9 +573,17 @@ def trunks_add(
                 channel_limit=channel_limit,
                 status=status,
             )
+            return await _trunk_json(conn, trunk)
 
-    run(_go())
+    data = run(_go())
+    if as_json:
+        echo_json(data)
     click.echo(f"trunk {name} created", err=True)
+
+
+async def _trunk_json(conn: AsyncConnection, trunk: store.Trunk) -> dict[str, Any]:
+    """A trunk as an item of `trunks list --json`."""
+    return _trunk_data(trunk, {t.id: t.name for t in await store.list_trunks(conn)})
 
 
 @trunks.command("list")
@@ -400,15 +618,54 @@ def trunks_list(as_json: bool) -> None:
 @click.option("--failover", default=None, help='Failover trunk ("" to clear).')
 @click.option("--channel-limit", type=click.IntRange(min=0), default=None, help="Max channels.")
 @click.option("--status", type=_STATUS, default=None, help="active or inactive.")
-def trunks_update(name: str, **changes: Any) -> None:
-    """Change trunk NAME (only the options given)."""
+@_json_option
+def trunks_update(name: str, as_json: bool, **changes: Any) -> None:
+    """Change trunk NAME (only the options given).
 
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
-            await store.update_trunk(conn, name, **changes)
+    An unknown trunk (NAME or --failover) is an error and changes nothing. With --json,
+    prints the trunk as an item of `trunks list --json`."""
+    if changes.get("failover") == name:
+        raise click.BadParameter(
+            f"trunk {name} cannot fail over to itself", param_hint="--failover"
+        )
 
-    run(_go())
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            trunk = await store.fetch_trunk(conn, name)
+            failover = changes.get("failover")
+            if failover:
+                try:
+                    await store.fetch_trunk(conn, failover)
+                except NotFoundError as exc:
+                    raise NotFoundError(f"no trunk named {failover!r} (--failover)") from exc
+            trunk = await store.update_trunk(conn, trunk.name, **changes)
+            return await _trunk_json(conn, trunk)
+
+    data = run(_go())
+    if as_json:
+        echo_json(data)
     click.echo(f"trunk {name} updated", err=True)
+
+
+@trunks.command("remove")
+@click.argument("name")
+@_json_option
+def trunks_remove(name: str, as_json: bool) -> None:
+    """Remove trunk NAME.
+
+    Refused while another trunk fails over to it, a rate table has it as default trunk, a
+    rate names it or a DID comes in on it (the message says which). Call records keep the
+    trunk's name. With --json, prints {"removed": <the trunk as it was>}."""
+
+    async def _go() -> dict[str, Any]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            names = {t.id: t.name for t in await store.list_trunks(conn)}
+            return _trunk_data(await store.remove_trunk(conn, name), names)
+
+    data = run(_go())
+    if as_json:
+        echo_json({"removed": data})
+    click.echo(f"trunk {name} removed", err=True)
 
 
 # --- rates ---------------------------------------------------------------------------------------
@@ -435,7 +692,13 @@ def _progress_lines(lines: Iterable[str], bar: Any, every: int = 5000) -> Iterat
 @click.option("--table", "table", required=True, help="Rate table to fill.")
 @click.option("--replace", is_flag=True, help="Replace the table's rates (atomically).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def rates_import(file: str, table: str, replace: bool, quiet: bool) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"table", "imported", "replaced", "version"} as JSON on stdout.',
+)
+def rates_import(file: str, table: str, replace: bool, quiet: bool, as_json: bool) -> None:
     """Import a CSV deck FILE into a rate table, all or nothing.
 
     One header row; columns named as in RATING.md (prefix, destination, rate, connect_fee,
@@ -468,6 +731,15 @@ def rates_import(file: str, table: str, replace: bool, quiet: bool) -> None:
                 label = f"importing {source}"
                 with click.progressbar(length=size, label=label, file=stderr) as bar:
                     result = run(_go(_progress_lines(handle, bar)))
+    if as_json:
+        echo_json(
+            {
+                "table": result.table,
+                "imported": result.imported,
+                "replaced": result.deleted,
+                "version": result.version,
+            }
+        )
     replaced = f", {result.deleted} replaced" if replace else ""
     click.echo(
         f"imported {result.imported} rate(s) into {result.table}{replaced}; "
