@@ -66,6 +66,25 @@ def _duplicate(error: sa_exc.IntegrityError) -> str | None:
     return f"{what}{same} already exists"
 
 
+# PostgreSQL's class 40 errors a transaction can simply be run again after: a serialization
+# failure and a deadlock (the server rolled one side back; nothing of it was written)
+_ROLLED_BACK_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def rolled_back_by_conflict(error: BaseException) -> bool:
+    """True when ``error`` (a store error, SQLAlchemy's or a driver's, through their causes)
+    is PostgreSQL rolling the transaction back for a lock conflict: safe to retry whole."""
+    seen: BaseException | None = error
+    for _ in range(6):  # store error -> SQLAlchemy -> adapter -> asyncpg, at most
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in _ROLLED_BACK_SQLSTATES:
+            return True
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
+    return False
+
+
 def translate(error: Exception, what: str = "") -> StoreError:
     """The store error for a SQLAlchemy/driver error."""
     prefix = f"{what}: " if what else ""

@@ -46,6 +46,7 @@ from sqlalchemy.engine import URL
 
 from callgate.schema.tables import ReservationStatus, accounts, calls
 from callgate.schema.types import MONEY_PLACES, Money, UtcDateTime
+from callgate.store._errors_map import rolled_back_by_conflict
 from callgate.store.accounts import Account, account_from_row
 from callgate.store.callstore import caller_account
 from callgate.store.errors import (
@@ -56,6 +57,7 @@ from callgate.store.errors import (
     StoreUnavailableError,
 )
 from callgate.store.ledger import (
+    SETTLE_ATTEMPTS,
     ZERO,
     CallRecord,
     ChannelLimitError,
@@ -176,12 +178,23 @@ _REGRANT = (
     "UPDATE reservations SET amount = $2, granted_seconds = $3, expires_at = $4, trunk = $5,"
     " rate_id = $6 WHERE id = $1"
 )
-# The settle: the billing record first; the reservation is closed and the account charged only
-# when this statement inserted it. $n are the CallRecord's fields (see _param); $N+1 is the
-# reservation's closing time.
+# The settle. Lock order, the same in every ledger path on PostgreSQL (this one, the core
+# ledger's, reserve and regrant): the account row first (FOR NO KEY UPDATE), then what belongs
+# to its calls (the billing record, the reservation), so two settles of one call from two
+# servers, or a settle beside a regrant, queue on the account instead of deadlocking. The
+# billing record is inserted from the lock's row (so after it); the reservation is closed and
+# the account charged only when this statement inserted it. $n are the CallRecord's fields (see
+# _param); $N+1 is the reservation's closing time.
 _CLOSED_AT = f"${len(_CALL_NAMES) + 1}"
 _SETTLE = f"""
-WITH call AS ({_CALL_VALUES} RETURNING id),
+WITH locked AS (
+  SELECT id FROM accounts WHERE id = {_param("account_id")}::int FOR NO KEY UPDATE
+),
+call AS (
+  INSERT INTO calls ({", ".join(_CALL_NAMES)})
+  SELECT {", ".join(f"${n + 1}" for n in range(len(_CALL_NAMES)))} FROM locked
+  ON CONFLICT (asterisk, uniqueid) DO NOTHING RETURNING id
+),
 closed AS (
   UPDATE reservations SET status = '{_SETTLED}', charged = {_param("cost")}::numeric,
     closed_at = {_CLOSED_AT}::timestamptz
@@ -198,8 +211,8 @@ charged AS (
   WHERE id = {_param("account_id")}::int AND EXISTS (SELECT 1 FROM call)
   RETURNING balance
 )
-SELECT (SELECT count(*) FROM call) AS inserted, (SELECT count(*) FROM closed) AS closed,
-  (SELECT balance FROM charged) AS balance
+SELECT (SELECT count(*) FROM locked) AS found, (SELECT count(*) FROM call) AS inserted,
+  (SELECT count(*) FROM closed) AS closed, (SELECT balance FROM charged) AS balance
 """
 _BALANCE = "SELECT balance FROM accounts WHERE id = $1"
 _RELEASE = (
@@ -482,7 +495,18 @@ class LeanPostgres:
     async def settle(self, record: CallRecord) -> SettledCall:
         """Charge, close the reservation, write the billing record: one statement, idempotent
         by the call's key, shielded (cancelling the session does not cancel the settle)."""
-        return await asyncio.shield(self._settle(record))
+        return await asyncio.shield(self._settle_retrying(record))
+
+    async def _settle_retrying(self, record: CallRecord) -> SettledCall:
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                return await self._settle(record)
+            except StoreError as exc:
+                if attempt == SETTLE_ATTEMPTS or not rolled_back_by_conflict(exc):
+                    raise
+                log.warning("settle %s: %s; retrying (%d)", record.uniqueid, exc, attempt)
+                await asyncio.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _settle(self, record: CallRecord) -> SettledCall:
         if record.account_id is None:
@@ -497,6 +521,8 @@ class LeanPostgres:
             except asyncpg.ForeignKeyViolationError as exc:
                 raise NotFoundError(f"no account with id {record.account_id}") from exc
             assert row is not None
+            if not row["found"]:
+                raise NotFoundError(f"no account with id {record.account_id}")
             if not row["inserted"]:  # this call's billing record is already there
                 balance = await self._pool.fetchval(
                     _BALANCE, record.account_id, timeout=COMMAND_TIMEOUT_SECONDS

@@ -38,7 +38,7 @@ from callgate.schema.tables import (
     reservations,
 )
 from callgate.schema.types import Money, UtcDateTime
-from callgate.store._errors_map import mapped_errors
+from callgate.store._errors_map import mapped_errors, rolled_back_by_conflict
 from callgate.store.accounts import Account, account_from_row
 from callgate.store.db import write_transaction
 from callgate.store.errors import NotFoundError, StoreError
@@ -187,6 +187,13 @@ _RESERVED = select(func.coalesce(func.sum(reservations.c.amount), 0)).where(
 )
 _RESERVED_EXCLUDING = _RESERVED.where(reservations.c.id != bindparam("exclude"))
 _INSERT_RESERVATION = insert(reservations).returning(reservations.c.id)
+# the settle's lock: FOR NO KEY UPDATE excludes reserves and settles of the account but not the
+# foreign-key checks of its other calls' inserts
+_LOCK_FOR_SETTLE = (
+    select(accounts.c.id)
+    .where(accounts.c.id == bindparam("account_id"))
+    .with_for_update(key_share=True)
+)
 _CLOSE_RESERVATION = (
     update(reservations)
     .where(
@@ -463,19 +470,42 @@ async def settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
     Idempotent by uniqueid (a second settle of the same call charges nothing and reports
     ``already_settled``) and shielded: cancelling the caller does not cancel the settle.
     """
-    return await asyncio.shield(_settle(engine, record))
+    return await asyncio.shield(_settle_retrying(engine, record))
+
+
+# a settle PostgreSQL rolled back for a lock conflict (a deadlock with a writer outside the lock
+# order, a serialization failure) runs again: it wrote nothing, and it is idempotent
+SETTLE_ATTEMPTS = 4
+
+
+async def _settle_retrying(engine: AsyncEngine, record: CallRecord) -> SettleResult:
+    for attempt in range(1, SETTLE_ATTEMPTS + 1):
+        try:
+            return await _settle(engine, record)
+        except StoreError as exc:
+            if attempt == SETTLE_ATTEMPTS or not rolled_back_by_conflict(exc):
+                raise
+            log.warning("settle %s: %s; retrying (%d)", record.uniqueid, exc, attempt)
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _settle(engine: AsyncEngine, record: CallRecord) -> SettleResult:
-    """Four statements under the account's lock: close the reservation, charge, record.
+    """Statements under the account's lock: close the reservation, charge, record.
 
-    Closing the reservation first (``UPDATE ... WHERE status = 'open'``) is what makes a second
-    settle of the same call a no-op: it waits on the row, finds it settled, and charges nothing.
+    The account row is locked first on PostgreSQL (SQLite's writers are serial), the lock order
+    of every ledger path (reserve, regrant, the lean settle, the reconciler): a settle of the
+    same call by another server, core or lean, waits here rather than deadlocking on the
+    reservation and the billing record. Closing the reservation first after it (``UPDATE ...
+    WHERE status = 'open'``) is what makes a second settle of the same call a no-op: it finds
+    the reservation settled and charges nothing.
     """
     if record.account_id is None:
         raise NotFoundError("settle needs an account; use record_attempt for unknown callers")
     charge = record.cost
     async with mapped_errors("settle"), write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_LOCK_FOR_SETTLE, {"account_id": record.account_id})
         closed = (
             await conn.execute(
                 _CLOSE_RESERVATION,

@@ -35,6 +35,7 @@ from callgate.rating import Rate, cost, max_duration
 from callgate.schema.tables import CallStatus, ReservationStatus, accounts, calls, reservations
 from callgate.store import accounts as acc
 from callgate.store import plans
+from callgate.store._errors_map import mapped_errors, rolled_back_by_conflict
 from callgate.store.db import create_engine, writer_lock
 from callgate.store.errors import StoreError, StoreUnavailableError
 from callgate.store.ledger import CallRecord, Limits
@@ -566,6 +567,97 @@ async def test_two_servers_sharing_postgresql_cannot_overdraw(gate: Gate, other_
     finally:
         await path_b.close()
         await engine_b.dispose()
+
+
+@pytest.mark.parametrize("other_path", ["core", "lean"])
+async def test_two_servers_settling_one_call_never_deadlock(gate: Gate, other_path: str) -> None:
+    """Round after round, two servers (core and lean mixed, as in a rolling upgrade) settle the
+    same call at once while a third call of the account is reserved beside them: every settle
+    and reserve succeeds (one lock order: the account row first, so no deadlock is possible),
+    each call is charged exactly once, and the balance is exact to the digit."""
+    if not gate.url.startswith("postgresql"):
+        pytest.skip("several callgate servers share PostgreSQL, not SQLite")
+    account = await gate.account("100.00")
+    engine_b = create_engine(gate.url)
+    path_b = await open_test_call_path(other_path, engine_b, grace_seconds=GRACE, server="b")
+    servers = [gate.path, path_b]
+    charged = Decimal(0)
+    try:
+        for n in range(40):
+            await servers[n % 2].ledger.reserve(
+                account_id=account.id,
+                uniqueid=f"race-{n}",
+                price=price_short,
+                now=datetime.now(UTC),
+                trunk="t",
+                rate_id=None,
+            )
+            record = _record(account, f"race-{n}", billsec=1 + n % 50, granted=60)
+            results = await asyncio.gather(
+                servers[0].ledger.settle(record),
+                servers[1].ledger.settle(record),
+                servers[(n + 1) % 2].ledger.reserve(
+                    account_id=account.id,
+                    uniqueid=f"side-{n}",
+                    price=price_short,
+                    now=datetime.now(UTC),
+                    trunk="t",
+                    rate_id=None,
+                ),
+            )
+            settles = results[:2]
+            assert sorted(s.already_settled for s in settles) == [False, True], n
+            charged += record.cost
+            await servers[n % 2].ledger.release(f"side-{n}", "test: never dialled")
+        assert await gate.balance(account.id) == Decimal("100.00") - charged
+        async with gate.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(calls.c.uniqueid).where(calls.c.uniqueid.like("race-%")))
+            ).all()
+        assert len(rows) == 40
+    finally:
+        await path_b.close()
+        await engine_b.dispose()
+
+
+async def test_a_deadlock_is_recognised_as_retryable_and_a_duplicate_is_not(gate: Gate) -> None:
+    """The settles' retry predicate on real PostgreSQL errors: a deadlock provoked on two
+    connections (opposite lock orders) is a rolled-back conflict, through the store error, the
+    SQLAlchemy error and the driver's; a unique violation is not."""
+    if not gate.url.startswith("postgresql"):
+        pytest.skip("SQLite's writers are serial: no deadlock to recognise")
+    first, second = await gate.account("1.00"), await gate.account("1.00")
+    errors: list[BaseException] = []
+
+    async def cross(a: int, b: int, started: asyncio.Event, other: asyncio.Event) -> None:
+        async with gate.engine.connect() as conn:
+            try:
+                async with mapped_errors("cross"), conn.begin():
+                    bump = accounts.c.balance + 1
+                    await conn.execute(
+                        update(accounts).where(accounts.c.id == a).values(balance=bump)
+                    )
+                    started.set()
+                    await other.wait()
+                    await conn.execute(
+                        update(accounts).where(accounts.c.id == b).values(balance=bump)
+                    )
+            except StoreError as exc:
+                errors.append(exc)
+
+    one, two = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(20):
+        await asyncio.gather(
+            cross(first.id, second.id, one, two), cross(second.id, first.id, two, one)
+        )
+    assert len(errors) == 1 and rolled_back_by_conflict(errors[0])
+    assert "deadlock" in str(errors[0])
+    with pytest.raises(StoreError) as duplicate:
+        async with mapped_errors("dup"), gate.engine.begin() as conn:
+            await conn.execute(
+                update(accounts).where(accounts.c.id == second.id).values(number=first.number)
+            )
+    assert not rolled_back_by_conflict(duplicate.value)
 
 
 # ---------------------------------------------------------------- the database goes away
