@@ -215,6 +215,13 @@ def _info_json(info: AccountInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
+def _show_json(info: AccountInfo) -> dict[str, Any]:
+    """One account as ``accounts show --json`` prints it."""
+    data = dataclasses.asdict(info.account)
+    data.update(group=info.group, plan=info.plan, balance_currency=info.balance_in_currency)
+    return data
+
+
 @accounts.command("add")
 @click.option("--plan", default=None, help="Call plan name (required: configure it first).")
 @click.option(
@@ -341,9 +348,7 @@ def show_cmd(account: str, as_json: bool) -> None:
 
     info = run(_go())
     if as_json:
-        data = dataclasses.asdict(info.account)
-        data.update(group=info.group, plan=info.plan, balance_currency=info.balance_in_currency)
-        echo_json(data)
+        echo_json(_show_json(info))
     else:
         _echo_info(info, full=True)
 
@@ -480,17 +485,21 @@ def update_cmd(
 @accounts.command("status")
 @click.argument("account")
 @click.argument("status", type=_STATUS)
-def status_cmd(account: str, status: str) -> None:
+@_json_option
+def status_cmd(account: str, status: str, as_json: bool) -> None:
     """Set an account's STATUS (active, inactive, pending_approval, suspended, expired,
-    cancelled)."""
+    cancelled). With --json, prints the account as `accounts show --json` does."""
 
-    async def _go() -> str:
+    async def _go() -> AccountInfo:
         async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await store.require_account(conn, account)
-            return (await store.set_status(conn, found.id, status)).number
+            await store.set_status(conn, found.id, status)
+            return await store.account_info(conn, found.id, last=0)
 
-    number = run(_go())
-    click.echo(f"account {number} is {status}", err=True)
+    info = run(_go())
+    if as_json:
+        echo_json(_show_json(info))
+    click.echo(f"account {info.account.number} is {status}", err=True)
 
 
 # --- list, batch update, delete ------------------------------------------------------------------
@@ -604,10 +613,12 @@ def list_cmd(
     help="Description of the balance adjustments.",
 )
 @click.option("--all", "all_", is_flag=True, help="Required when no criterion is given.")
+@_json_option
 def batch_update_cmd(
-    assignments: tuple[str, ...], description: str, all_: bool, **options: Any
+    assignments: tuple[str, ...], description: str, all_: bool, as_json: bool, **options: Any
 ) -> None:
-    """Change every account the criteria choose, in one transaction; says how many."""
+    """Change every account the criteria choose, in one transaction; says how many. With
+    --json, prints {"updated": N, "numbers": [the accounts changed]}."""
     criteria = criteria_from(options)
     if criteria.is_empty() and not all_:
         raise click.UsageError("no criteria: this would change every account; add --all to mean it")
@@ -618,15 +629,17 @@ def batch_update_cmd(
     except InvalidDataError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
 
-    async def _go() -> int:
+    async def _go() -> list[str]:
         async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             changes = await store.parse_account_fields(conn, raw)
-            return await store.batch_update(
+            return await store.batch_update_numbers(
                 conn, criteria, changes, balance=balance, description=description
             )
 
     changed = run(_go())
-    click.echo(f"{changed} account(s) updated ({criteria.describe()})", err=True)
+    if as_json:
+        echo_json({"updated": len(changed), "numbers": changed})
+    click.echo(f"{len(changed)} account(s) updated ({criteria.describe()})", err=True)
 
 
 @accounts.command("delete")
@@ -641,12 +654,16 @@ def batch_update_cmd(
     help="With --all and no criteria: really delete every account in the database.",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_json_option
 def delete_cmd(
-    account: str | None, all_: bool, everything: bool, yes: bool, **options: Any
+    account: str | None, all_: bool, everything: bool, yes: bool, as_json: bool, **options: Any
 ) -> None:
     """Delete ACCOUNT, or with --all every account the criteria choose, with their dependants
     (caller IDs, friends, IPs, contacts, payments, calls). Refused while a call is in progress.
-    With no criteria at all, --all needs --everything as well."""
+    With no criteria at all, --all needs --everything as well.
+
+    With --json, prints {"removed": <the account as `show --json` printed it>} for ACCOUNT, and
+    {"deleted": N, "numbers": [the accounts deleted]} for --all."""
     criteria = criteria_from(options)
     if account is not None and not criteria.is_empty():
         raise click.UsageError("give either an ACCOUNT or search criteria, not both")
@@ -675,6 +692,8 @@ def delete_cmd(
 
     account_id, what, count = run(_count())
     if count == 0:
+        if as_json:
+            echo_json({"deleted": 0, "numbers": []})
         click.echo(f"no account matches ({what}): nothing deleted", err=True)
         return
     if not yes:
@@ -685,14 +704,21 @@ def delete_cmd(
             err=True,
         )
 
-    async def _delete() -> int:
+    async def _delete() -> tuple[dict[str, Any] | None, list[str]]:
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
-            if account_id is not None:
-                return await store.delete_accounts(conn, account_id=account_id)
-            return await store.delete_accounts(conn, criteria)
+            if account_id is None:
+                return None, await store.delete_account_numbers(conn, criteria)
+            # lock the row, then read it: what is printed is what is deleted
+            await store.lock_account(conn, account_id)
+            shown = _show_json(await store.account_info(conn, account_id, last=0))
+            return shown, await store.delete_account_numbers(conn, account_id=account_id)
 
-    deleted = run(_delete())
-    click.echo(f"{deleted} account(s) deleted", err=True)
+    shown, deleted = run(_delete())
+    if as_json and shown is not None:
+        echo_json({"removed": shown})
+    elif as_json:
+        echo_json({"deleted": len(deleted), "numbers": deleted})
+    click.echo(f"{len(deleted)} account(s) deleted", err=True)
 
 
 # --- export, import ------------------------------------------------------------------------------
@@ -742,10 +768,11 @@ def export_cmd(fmt: str, columns: str | None, output: str, **options: Any) -> No
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--plan", default=None, help="Call plan for rows without a plan column.")
 @click.option("--length", type=int, default=None, help="Digits of generated account numbers.")
-def import_cmd(file: str, plan: str | None, length: int | None) -> None:
+@_json_option
+def import_cmd(file: str, plan: str | None, length: int | None, as_json: bool) -> None:
     """Import accounts from a CSV file with a header row (the columns `export` writes; read-only
     ones are ignored). All or nothing: any bad line is reported with its number and nothing is
-    imported."""
+    imported. With --json, prints {"imported": N, "numbers": [the new accounts, file order]}."""
     settings = app().settings
     try:
         with click.open_file(file, "r", encoding="utf-8-sig") as handle:
@@ -755,7 +782,7 @@ def import_cmd(file: str, plan: str | None, length: int | None) -> None:
     if not read.header:
         raise click.ClickException(f"{file} is empty: nothing imported")
 
-    async def _go() -> int:
+    async def _go() -> list[str]:
         store.check_import_header(read.header)
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
             default_plan = None
@@ -763,7 +790,7 @@ def import_cmd(file: str, plan: str | None, length: int | None) -> None:
                 default_plan = (await store.parse_account_fields(conn, {"plan": plan}))[
                     "call_plan_id"
                 ]
-            return await store.import_accounts(
+            return await store.import_account_numbers(
                 conn,
                 read.rows,
                 problems=read.problems,
@@ -771,8 +798,10 @@ def import_cmd(file: str, plan: str | None, length: int | None) -> None:
                 number_length=length or settings.billing.account_number_length,
             )
 
-    count = run(_go())
-    click.echo(f"{count} account(s) imported", err=True)
+    created = run(_go())
+    if as_json:
+        echo_json({"imported": len(created), "numbers": created})
+    click.echo(f"{len(created)} account(s) imported", err=True)
 
 
 # --- caller IDs ----------------------------------------------------------------------------------
@@ -786,16 +815,21 @@ def callerid() -> None:
 @callerid.command("add")
 @click.argument("account")
 @click.argument("cid")
-def callerid_add(account: str, cid: str) -> None:
-    """Attach caller ID CID to ACCOUNT (a caller ID belongs to one account)."""
+@_json_option
+def callerid_add(account: str, cid: str, as_json: bool) -> None:
+    """Attach caller ID CID to ACCOUNT (a caller ID belongs to one account). With --json, prints
+    the caller ID as `callerid list --json` does."""
 
-    async def _go() -> None:
+    async def _go() -> store.CallerId:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             found = await store.require_account(conn, account)
-            await store.add_callerid(conn, found.id, cid)
+            new_id = await store.add_callerid(conn, found.id, cid)
+            return next(c for c in await store.list_callerids(conn, found.id) if c.id == new_id)
 
-    run(_go())
-    click.echo(f"caller ID {cid} added", err=True)
+    added = run(_go())
+    if as_json:
+        echo_json(dataclasses.asdict(added))
+    click.echo(f"caller ID {added.callerid} added", err=True)
 
 
 @callerid.command("list")
@@ -819,16 +853,19 @@ def callerid_list(account: str, as_json: bool) -> None:
 @callerid.command("remove")
 @click.argument("account")
 @click.argument("cid")
-def callerid_remove(account: str, cid: str) -> None:
-    """Remove caller ID CID from ACCOUNT."""
+@_json_option
+def callerid_remove(account: str, cid: str, as_json: bool) -> None:
+    """Remove caller ID CID from ACCOUNT. With --json, prints {"removed": <the caller ID>}."""
 
-    async def _go() -> None:
+    async def _go() -> store.CallerId:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             found = await store.require_account(conn, account)
-            await store.remove_callerid(conn, found.id, cid)
+            return await store.remove_callerid(conn, found.id, cid)
 
-    run(_go())
-    click.echo(f"caller ID {cid} removed", err=True)
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": dataclasses.asdict(removed)})
+    click.echo(f"caller ID {removed.callerid} removed", err=True)
 
 
 # --- contacts ------------------------------------------------------------------------------------

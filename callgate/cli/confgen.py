@@ -213,8 +213,10 @@ def _realtime_url(settings: Settings, url: str | None) -> str:
 
 @realtime_group.command("init")
 @_URL_OPTION
-def realtime_init_cmd(realtime_url: str | None) -> None:
-    """Create the Realtime tables that are absent (existing ones are left as they are)."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def realtime_init_cmd(realtime_url: str | None, as_json: bool) -> None:
+    """Create the Realtime tables that are absent (existing ones are left as they are). With
+    --json, prints {"created": [tables], "existing": [tables]}."""
     url = _realtime_url(app().settings, realtime_url)
 
     async def _init() -> realtime.InitReport:
@@ -228,6 +230,9 @@ def realtime_init_cmd(realtime_url: str | None) -> None:
         report = run(_init())
     except ConfgenError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        echo_json({"created": list(report.created), "existing": list(report.existing)})
+        return
     for name in report.created:
         click.echo(f"created: {name}")
     for name in report.existing:

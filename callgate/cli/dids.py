@@ -11,6 +11,7 @@ import click
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
 from callgate.store import accounts as account_store
 from callgate.store import dids as did_store
+from callgate.store.db import write_transaction
 from callgate.store.packages import PeriodCharge
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -30,6 +31,7 @@ def dids() -> None:
 @click.option("--retail", default="0", show_default=True, help="Retail price per minute.")
 @click.option("--monthly", default="0", show_default=True, help="Retail price per month.")
 @click.option("--description", default="", help="A note.")
+@_json_option
 def dids_add(
     number: str,
     destination: str,
@@ -39,9 +41,11 @@ def dids_add(
     retail: str,
     monthly: str,
     description: str,
+    as_json: bool,
 ) -> None:
     """Add DID NUMBER routed to DESTINATION: PJSIP/<alias>, SIP/<alias>, IAX2/<alias>,
-    Local/<exten>@<context>, or a number dialled out through the customer's call plan."""
+    Local/<exten>@<context>, or a number dialled out through the customer's call plan.
+    With --json, prints the DID as `dids list --json` does."""
 
     async def _go() -> did_store.Did:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
@@ -59,6 +63,8 @@ def dids_add(
             )
 
     did = run(_go())
+    if as_json:
+        echo_json(dataclasses.asdict(did))
     click.echo(f"DID {did.number} -> {did.destination} added", err=True)
 
 
@@ -108,15 +114,18 @@ def dids_list(account: str | None, as_json: bool) -> None:
 
 @dids.command("remove")
 @click.argument("number")
-def dids_remove(number: str) -> None:
-    """Remove DID NUMBER."""
+@_json_option
+def dids_remove(number: str, as_json: bool) -> None:
+    """Remove DID NUMBER. With --json, prints {"removed": <the DID as it was>}."""
 
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
-            await did_store.remove_did(conn, number)
+    async def _go() -> did_store.Did:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            return await did_store.remove_did(conn, number)
 
-    run(_go())
-    click.echo(f"DID {number} removed", err=True)
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": dataclasses.asdict(removed)})
+    click.echo(f"DID {removed.number} removed", err=True)
 
 
 @dids.command("charge")

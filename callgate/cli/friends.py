@@ -191,8 +191,10 @@ def show_cmd(account: str, flavor: str | None, conf: bool, as_json: bool) -> Non
 @friend.command("remove")
 @click.argument("account")
 @_flavor_options
-def remove_cmd(account: str, flavor: str | None) -> None:
-    """Remove ACCOUNT's SIP (and so PJSIP) or IAX friend."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def remove_cmd(account: str, flavor: str | None, as_json: bool) -> None:
+    """Remove ACCOUNT's SIP (and so PJSIP) or IAX friend. With --json, prints
+    {"removed": <the friend as `friend show --json` printed it>}."""
     kind = _kind(flavor)
 
     async def _remove() -> Friend:
@@ -200,6 +202,8 @@ def remove_cmd(account: str, flavor: str | None) -> None:
             return await store.delete_friend(conn, kind, await _account_id(conn, account))
 
     removed = run(_remove())
+    if as_json:
+        echo_json({"removed": _friend_data(removed)})
     click.echo(f"removed {kind.value.upper()} friend {removed.name}; {STALE_HINT}", err=True)
 
 

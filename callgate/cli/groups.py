@@ -16,22 +16,28 @@ def group() -> None:
     """Customer groups: divide customers for easier management."""
 
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
 @group.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="What the group is for.")
-def add_cmd(name: str, description: str) -> None:
-    """Create a customer group NAME."""
+@_json_option
+def add_cmd(name: str, description: str, as_json: bool) -> None:
+    """Create a customer group NAME. With --json, prints it as `group list --json` does."""
 
     async def _go() -> CustomerGroup:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             return await store_groups.create_group(conn, name, description)
 
     created = run(_go())
+    if as_json:
+        echo_json(dataclasses.asdict(created))
     click.echo(f"group {created.name!r} created (id {created.id})", err=True)
 
 
 @group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option
 def list_cmd(as_json: bool) -> None:
     """List the customer groups with how many accounts each holds."""
 
@@ -52,13 +58,19 @@ def list_cmd(as_json: bool) -> None:
 @group.command("remove")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Remove it even if accounts are in it (ungroups them).")
-def remove_cmd(name: str, force: bool) -> None:
-    """Remove the customer group NAME (refused while it holds accounts, unless --force)."""
+@_json_option
+def remove_cmd(name: str, force: bool, as_json: bool) -> None:
+    """Remove the customer group NAME (refused while it holds accounts, unless --force).
 
-    async def _go() -> int:
+    With --json, prints {"removed": <the group as it was>} (its "accounts" were ungrouped)."""
+
+    async def _go() -> CustomerGroup:
         async with engine_for(app().settings) as engine, engine.begin() as conn:
             return await store_groups.remove_group(conn, name, force=force)
 
-    ungrouped = run(_go())
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": dataclasses.asdict(removed)})
+    ungrouped = removed.accounts
     tail = f"; {ungrouped} account(s) ungrouped" if ungrouped else ""
     click.echo(f"group {name!r} removed{tail}", err=True)

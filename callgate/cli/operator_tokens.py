@@ -83,8 +83,10 @@ def token_list(login: str | None, as_json: bool) -> None:
 
 @operators.command("revoke-token")
 @click.argument("token_id", type=int)
-def token_revoke(token_id: int) -> None:
-    """Revoke API token TOKEN_ID (see `operators tokens`): it is refused from now on."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def token_revoke(token_id: int, as_json: bool) -> None:
+    """Revoke API token TOKEN_ID (see `operators tokens`): it is refused from now on. With
+    --json, prints the token as `operators tokens --json` does (revoked: true)."""
     settings = app().settings
 
     async def _go() -> store.ApiToken:
@@ -92,4 +94,6 @@ def token_revoke(token_id: int) -> None:
             return await store.revoke_token(conn, token_id)
 
     token = run(_go())
-    click.echo(f"API token {token.id} of operator {token.operator} revoked")
+    if as_json:
+        echo_json(_data(token))
+    click.echo(f"API token {token.id} of operator {token.operator} revoked", err=as_json)

@@ -67,8 +67,10 @@ def operators_add(login: str, password_stdin: bool, as_json: bool) -> None:
 @operators.command("passwd")
 @click.argument("login")
 @_STDIN
-def operators_passwd(login: str, password_stdin: bool) -> None:
-    """Set the password of operator LOGIN (their open sessions end)."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def operators_passwd(login: str, password_stdin: bool, as_json: bool) -> None:
+    """Set the password of operator LOGIN (their open sessions end). With --json, prints the
+    operator as `operators list --json` does."""
     settings = app().settings
     password_hash = PasswordHasher().hash(_password(password_stdin))
 
@@ -76,7 +78,10 @@ def operators_passwd(login: str, password_stdin: bool) -> None:
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
             return await store.set_password_hash(conn, login, password_hash)
 
-    click.echo(f"password of operator {run(_go()).login} changed")
+    operator = run(_go())
+    if as_json:
+        echo_json(_data(operator))
+    click.echo(f"password of operator {operator.login} changed", err=as_json)
 
 
 @operators.command("list")
@@ -101,12 +106,17 @@ def operators_list(as_json: bool) -> None:
 
 @operators.command("remove")
 @click.argument("login")
-def operators_remove(login: str) -> None:
-    """Remove operator LOGIN (their sessions and API tokens end)."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def operators_remove(login: str, as_json: bool) -> None:
+    """Remove operator LOGIN (their sessions and API tokens end). With --json, prints
+    {"removed": <the operator as it was>}."""
     settings = app().settings
 
     async def _go() -> store.Operator:
         async with engine_for(settings) as engine, write_transaction(engine) as conn:
             return await store.remove_operator(conn, login)
 
-    click.echo(f"removed operator {run(_go()).login}")
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": _data(removed)})
+    click.echo(f"removed operator {removed.login}", err=as_json)

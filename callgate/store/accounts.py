@@ -356,6 +356,12 @@ async def fetch_account(conn: AsyncConnection, account_id: int) -> Account:
     return account_from_row(row)
 
 
+async def lock_account(conn: AsyncConnection, account_id: int) -> None:
+    """Lock one account's row until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite's
+    write transaction already holds the database), so what is read next is what is changed."""
+    await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+
+
 # Built once: every call looks an account up (see callgate/store/ledger.py on why).
 _BY_NUMBER = select(accounts).where(accounts.c.number == bindparam("key"))
 _BY_ALIAS = select(accounts).where(func.lower(accounts.c.alias) == func.lower(bindparam("key")))
@@ -1001,15 +1007,20 @@ async def list_callerids(conn: AsyncConnection, account_id: int) -> list[CallerI
     return [CallerId(r.id, r.callerid, bool(r.active)) for r in await conn.execute(query)]
 
 
-async def remove_callerid(conn: AsyncConnection, account_id: int, callerid: str) -> None:
+async def remove_callerid(conn: AsyncConnection, account_id: int, callerid: str) -> CallerId:
+    """Detach a caller ID from an account; returns the caller ID as it was."""
     result = await conn.execute(
-        delete(account_callerids).where(
+        delete(account_callerids)
+        .where(
             account_callerids.c.account_id == account_id,
             account_callerids.c.callerid == callerid.strip(),
         )
+        .returning(account_callerids.c.id, account_callerids.c.callerid, account_callerids.c.active)
     )
-    if result.rowcount == 0:
+    row = result.first()
+    if row is None:
         raise NotFoundError(f"the account has no caller ID {callerid!r}")
+    return CallerId(int(row.id), str(row.callerid), bool(row.active))
 
 
 # --- the card list -------------------------------------------------------------------------------
@@ -1275,7 +1286,23 @@ async def batch_update(
     balance: BalanceChange | None = None,
     description: str = "batch update",
 ) -> int:
-    """Change every account the criteria choose, in the caller's transaction; returns how many.
+    """:func:`batch_update_numbers`, counted: how many accounts changed."""
+    numbers = await batch_update_numbers(
+        conn, criteria, changes, balance=balance, description=description
+    )
+    return len(numbers)
+
+
+async def batch_update_numbers(
+    conn: AsyncConnection,
+    criteria: AccountCriteria,
+    changes: Mapping[str, Any],
+    *,
+    balance: BalanceChange | None = None,
+    description: str = "batch update",
+) -> list[str]:
+    """Change every account the criteria choose, in the caller's transaction; returns the numbers
+    of the accounts changed (the rows the update wrote), in id order.
 
     ``changes`` are typed column values (from :func:`parse_account_fields`) among
     :data:`BATCH_FIELDS`. A balance change writes one completed ``adjustment`` payment per account
@@ -1314,8 +1341,14 @@ async def batch_update(
             )
             await conn.execute(update(accounts).where(moved).values(balance=new_balance))
         values = {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in changes.items()}
-        result = await conn.execute(update(accounts).where(where).values(updated_at=now, **values))
-    return int(result.rowcount)
+        result = await conn.execute(
+            update(accounts)
+            .where(where)
+            .values(updated_at=now, **values)
+            .returning(accounts.c.id, accounts.c.number)
+        )
+        changed = sorted((int(r.id), str(r.number)) for r in result)
+    return [number for _, number in changed]
 
 
 async def delete_accounts(
@@ -1324,9 +1357,20 @@ async def delete_accounts(
     *,
     account_id: int | None = None,
 ) -> int:
+    """:func:`delete_account_numbers`, counted: how many accounts were deleted."""
+    return len(await delete_account_numbers(conn, criteria, account_id=account_id))
+
+
+async def delete_account_numbers(
+    conn: AsyncConnection,
+    criteria: AccountCriteria | None = None,
+    *,
+    account_id: int | None = None,
+) -> list[str]:
     """Delete one account (``account_id``) or every account the criteria choose, with their
     dependants (caller IDs, IPs, SIP/IAX friends, contacts, payments, calls, closed
-    reservations). Refused while one of them has a call in progress. Returns how many.
+    reservations). Refused while one of them has a call in progress. Returns the numbers of the
+    accounts deleted (the rows the delete removed), in id order.
     """
     if account_id is not None:
         where: Any = accounts.c.id == account_id
@@ -1352,8 +1396,11 @@ async def delete_accounts(
         # their friends go with them: the generated files and Realtime rows still hold them
         await mark_friends_stale(conn, chosen, "account deleted")
         await conn.execute(delete(reservations).where(reservations.c.account_id.in_(chosen)))
-        result = await conn.execute(delete(accounts).where(where))
-    return int(result.rowcount)
+        result = await conn.execute(
+            delete(accounts).where(where).returning(accounts.c.id, accounts.c.number)
+        )
+        deleted = sorted((int(r.id), str(r.number)) for r in result)
+    return [number for _, number in deleted]
 
 
 # --- export and import ---------------------------------------------------------------------------
@@ -1581,6 +1628,21 @@ async def import_accounts(
     number_length: int = DEFAULT_NUMBER_LENGTH,
     problems: Iterable[tuple[int, str]] = (),
 ) -> int:
+    """:func:`import_account_numbers`, counted: how many accounts were created."""
+    created = await import_account_numbers(
+        conn, rows, default_plan_id=default_plan_id, number_length=number_length, problems=problems
+    )
+    return len(created)
+
+
+async def import_account_numbers(
+    conn: AsyncConnection,
+    rows: Iterable[tuple[int, Mapping[Any, Any]]],
+    *,
+    default_plan_id: int | None = None,
+    number_length: int = DEFAULT_NUMBER_LENGTH,
+    problems: Iterable[tuple[int, str]] = (),
+) -> list[str]:
     """Create the accounts of ``(line number, column -> text)`` rows, all or nothing.
 
     ``problems`` are lines already found bad (:attr:`ImportFile.problems`): they are reported
@@ -1589,7 +1651,8 @@ async def import_accounts(
     Every row is checked first (fields, plan, duplicate numbers and aliases in the file or the
     database) and every bad line is reported as ``line N: ...`` in one :class:`AccountImportError`;
     only a clean file is written. Empty cells take the defaults (a random number or alias, zero
-    balance...). Run it in one transaction; raising rolls it all back.
+    balance...). Run it in one transaction; raising rolls it all back. Returns the numbers of
+    the accounts created, in file order.
     """
     errors: list[tuple[int, str]] = list(problems)
     parsed: list[tuple[int, int, dict[str, Any]]] = []
@@ -1632,14 +1695,16 @@ async def import_accounts(
     if not parsed:
         raise InvalidDataError("the file holds no accounts")
     taken = set(first_line)
+    created: list[str] = []
     for line, plan_id, fields in parsed:
         try:
-            await open_account(
+            account = await open_account(
                 conn, call_plan_id=plan_id, number_length=number_length, taken=taken, **fields
             )
         except (InvalidDataError, NotFoundError, ConflictError) as exc:
             raise AccountImportError([f"line {line}: {exc}"]) from exc
-    return len(parsed)
+        created.append(account.number)
+    return created
 
 
 # --- everything about one customer ---------------------------------------------------------------

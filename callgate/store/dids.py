@@ -188,12 +188,16 @@ async def list_dids(conn: AsyncConnection, account_id: int | None = None) -> lis
         return [did_from_row(r) for r in await conn.execute(query)]
 
 
-async def remove_did(conn: AsyncConnection, number: str) -> None:
+async def remove_did(conn: AsyncConnection, number: str) -> Did:
+    """Remove a DID; returns it as it was (the row is locked, then read, then deleted)."""
     digits = normalise_did(number)
     async with mapped_errors(f"DID {digits}"):
-        result = await conn.execute(delete(dids).where(dids.c.number == digits))
-    if not result.rowcount:
-        raise NotFoundError(f"no DID {digits}")
+        await conn.execute(select(dids.c.id).where(dids.c.number == digits).with_for_update())
+        found = await fetch_did(conn, digits)
+        if found is None:
+            raise NotFoundError(f"no DID {digits}")
+        await conn.execute(delete(dids).where(dids.c.number == digits))
+    return found
 
 
 async def charge_monthly(

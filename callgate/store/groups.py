@@ -73,11 +73,14 @@ async def list_groups(conn: AsyncConnection) -> list[CustomerGroup]:
     ]
 
 
-async def remove_group(conn: AsyncConnection, name: str, *, force: bool = False) -> int:
+async def remove_group(conn: AsyncConnection, name: str, *, force: bool = False) -> CustomerGroup:
     """Delete a group. Refused while accounts are in it, unless ``force`` (they become ungrouped).
 
-    Returns how many accounts were ungrouped.
+    Returns the group as it was: its ``accounts`` are how many were ungrouped.
     """
+    await conn.execute(
+        select(customer_groups.c.id).where(customer_groups.c.name == name).with_for_update()
+    )
     group = await fetch_group(conn, name)
     if group.accounts and not force:
         raise ConflictError(
@@ -88,4 +91,4 @@ async def remove_group(conn: AsyncConnection, name: str, *, force: bool = False)
             update(accounts).where(accounts.c.group_id == group.id).values(group_id=None)
         )
         await conn.execute(delete(customer_groups).where(customer_groups.c.id == group.id))
-    return group.accounts
+    return group
