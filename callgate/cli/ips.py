@@ -262,7 +262,7 @@ def rule_add(
     (a prefix, or an Asterisk pattern such as _0X.)."""
 
     async def _go() -> clirules.CliRule:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await account_store.require_account(conn, account)
             return await clirules.add_rule(
                 conn,
