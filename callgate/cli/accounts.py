@@ -19,13 +19,10 @@ import click
 
 from callgate.cli import groups
 from callgate.cli._common import app, echo_json, echo_table, engine_for, run
-from callgate.cli._mail import SEND_PASSWORD_HELP, require_relay
-from callgate.cli._mail import send_password as mail_password
 from callgate.formats import XML_END, write_csv, write_xml
 from callgate.formats import text as _fmt
 from callgate.schema.tables import AccountStatus, ExpiryMode
 from callgate.store import accounts as store
-from callgate.store import contacts as store_contacts
 from callgate.store.accounts import AccountInfo, AccountPage, SortKey
 from callgate.store.db import write_transaction
 from callgate.store.errors import InvalidDataError
@@ -867,102 +864,3 @@ def callerid_remove(account: str, cid: str, as_json: bool) -> None:
         echo_json({"removed": dataclasses.asdict(removed)})
     click.echo(f"caller ID {removed.callerid} removed", err=True)
 
-
-# --- contacts ------------------------------------------------------------------------------------
-
-
-@accounts.group("contact")
-def contact() -> None:
-    """Contacts of an account: portal logins with public and private notes."""
-
-
-@contact.command("add")
-@click.argument("account")
-@click.option("--name", required=True, help="Contact name.")
-@click.option("--email", required=True, help="E-mail address (the portal login; unique).")
-@click.option("--ask-password", is_flag=True, help="Type the password instead of generating one.")
-@click.option("--public-notes", default="", help="Shown on the customer portal.")
-@click.option("--private-notes", default="", help="Shown to operators only.")
-@click.option("--send-password", is_flag=True, help=SEND_PASSWORD_HELP)
-def contact_add(
-    account: str,
-    name: str,
-    email: str,
-    ask_password: bool,
-    public_notes: str,
-    private_notes: str,
-    send_password: bool,
-) -> None:
-    """Add a contact to ACCOUNT. The generated password is printed once (or e-mailed to the
-    contact with --send-password); only its hash is kept."""
-    settings = app().settings
-    if send_password:
-        if ask_password:
-            raise click.UsageError(
-                "--send-password e-mails a generated password: leave out --ask-password"
-            )
-        require_relay(settings)
-    password = None
-    if ask_password:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
-
-    async def _go() -> tuple[store_contacts.Contact, str | None, str]:
-        async with engine_for(settings) as engine, engine.begin() as conn:
-            found = await store.require_account(conn, account)
-            created, generated = await store_contacts.add_contact(
-                conn,
-                found.id,
-                name=name,
-                email=email,
-                password=password,
-                public_notes=public_notes,
-                private_notes=private_notes,
-            )
-            return created, generated, found.number
-
-    created, generated, number = run(_go())
-    click.echo(f"contact {created.email} added (id {created.id})", err=True)
-    if generated is not None and send_password:
-        mail_password(
-            settings, email=created.email, name=created.name, account_number=number,
-            password=generated,
-        )  # fmt: skip
-    elif generated is not None:
-        click.echo("generated password (shown once, only its hash is stored):", err=True)
-        click.echo(generated)
-
-
-@contact.command("list")
-@click.argument("account")
-@_json_option
-def contact_list(account: str, as_json: bool) -> None:
-    """List ACCOUNT's contacts (never their passwords)."""
-
-    async def _go() -> list[store_contacts.Contact]:
-        async with engine_for(app().settings) as engine, engine.connect() as conn:
-            found = await store.require_account(conn, account)
-            return await store_contacts.list_contacts(conn, found.id)
-
-    found = run(_go())
-    if as_json:
-        echo_json([dataclasses.asdict(c) for c in found])
-    else:
-        echo_table(
-            ["ID", "NAME", "EMAIL", "PUBLIC NOTES", "PRIVATE NOTES"],
-            [[c.id, c.name, c.email, c.public_notes, c.private_notes] for c in found],
-        )
-
-
-@contact.command("remove")
-@click.argument("account")
-@click.argument("contact_key", metavar="EMAIL_OR_ID")
-def contact_remove(account: str, contact_key: str) -> None:
-    """Remove a contact (by e-mail or id) from ACCOUNT."""
-
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
-            found = await store.require_account(conn, account)
-            await store_contacts.remove_contact(conn, found.id, contact_key)
-
-    run(_go())
-    click.echo(f"contact {contact_key} removed", err=True)

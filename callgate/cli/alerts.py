@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -12,6 +13,8 @@ from callgate.cli._common import app, echo_json, echo_table, engine_for, run
 from callgate.schema.tables import AlertArea, AlertOperator, NotificationChannel
 from callgate.store import accounts as account_store
 from callgate.store import alerts as alert_store
+from callgate.store.db import write_transaction
+from callgate.store.errors import InvalidDataError
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -30,13 +33,20 @@ def alerts() -> None:
 @click.option("--area", type=click.Choice([a.value for a in AlertArea]), required=True)
 @click.option("--operator", type=click.Choice([o.value for o in AlertOperator]), required=True)
 @click.option("--threshold", required=True, help="Money for balance/spend, a count for channels.")
+@_json_option
 def alerts_add(
-    account: str, name: str, recipient: str, area: str, operator: str, threshold: str
+    account: str,
+    name: str,
+    recipient: str,
+    area: str,
+    operator: str,
+    threshold: str,
+    as_json: bool,
 ) -> None:
-    """Add alert NAME to ACCOUNT."""
+    """Add alert NAME to ACCOUNT. With --json, the alert as `alerts list --json` shows it."""
 
-    async def _go() -> alert_store.Alert:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+    async def _go() -> tuple[alert_store.Alert, str]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await account_store.require_account(conn, account)
             return await alert_store.add_alert(
                 conn,
@@ -46,15 +56,80 @@ def alerts_add(
                 AlertArea(area),
                 AlertOperator(operator),
                 account_store.parse_amount(threshold, "threshold"),
-            )
+            ), found.number
 
-    created = run(_go())
+    created, number = run(_go())
+    if as_json:
+        echo_json(_alert_data(created, number))
     click.echo(f"alert {created.name!r} added", err=True)
-    channel = alert_store.recipient_channel(created.recipient)
+    _warn_without_relay(created)
+
+
+def _alert_data(alert: alert_store.Alert, number: str) -> dict[str, Any]:
+    """An alert as `alerts list --json` prints it (with its account's number)."""
+    return dataclasses.asdict(alert) | {"account": number}
+
+
+def _warn_without_relay(alert: alert_store.Alert) -> None:
+    channel = alert_store.recipient_channel(alert.recipient)
     if channel is NotificationChannel.EMAIL and not SmtpSender(app().settings.smtp).configured:
         click.echo(
             f"warning: {NO_RELAY}: the e-mails of this alert will wait in the outbox", err=True
         )
+
+
+@alerts.command("update")
+@click.argument("account")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="New name of the alert.")
+@click.option("--recipient", default=None, help="An e-mail address or a phone number.")
+@click.option("--area", type=click.Choice([a.value for a in AlertArea]), default=None)
+@click.option("--operator", type=click.Choice([o.value for o in AlertOperator]), default=None)
+@click.option("--threshold", default=None, help="Money for balance/spend, a count for channels.")
+@_json_option
+def alerts_update(
+    account: str,
+    name: str,
+    new_name: str | None,
+    recipient: str | None,
+    area: str | None,
+    operator: str | None,
+    threshold: str | None,
+    as_json: bool,
+) -> None:
+    """Change ACCOUNT's alert NAME: only the options given; --name renames it.
+
+    A changed condition (area, operator or threshold) re-arms the alert: it fires once more
+    when the new condition holds. A new recipient gets the notifications fired from now on."""
+    changes: dict[str, Any] = {
+        field: value
+        for field, value in (("name", new_name), ("recipient", recipient))
+        if value is not None
+    }
+    if area is not None:
+        changes["area"] = AlertArea(area)
+    if operator is not None:
+        changes["operator"] = AlertOperator(operator)
+    if threshold is not None:
+        try:
+            changes["threshold"] = account_store.parse_amount(threshold, "threshold")
+        except InvalidDataError as exc:
+            raise click.BadParameter(str(exc), param_hint="--threshold") from exc
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+
+    async def _go() -> tuple[alert_store.Alert, str]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            found = await account_store.require_account(conn, account)
+            changed = await alert_store.update_alert(conn, found.id, name, changes)
+            return changed, found.number
+
+    changed, number = run(_go())
+    if as_json:
+        echo_json(_alert_data(changed, number))
+    rearmed = " and re-armed" if changes.keys() & {"area", "operator", "threshold"} else ""
+    click.echo(f"alert {name!r} updated{rearmed}", err=True)
+    _warn_without_relay(changed)
 
 
 @alerts.command("list")
@@ -73,9 +148,7 @@ def alerts_list(account: str | None, as_json: bool) -> None:
 
     found, numbers = run(_go())
     if as_json:
-        echo_json(
-            [dataclasses.asdict(a) | {"account": numbers.get(a.account_id, "")} for a in found]
-        )
+        echo_json([_alert_data(a, numbers.get(a.account_id, "")) for a in found])
         return
     echo_table(
         ["ACCOUNT", "NAME", "RECIPIENT", "CONDITION", "STATE", "LAST VALUE"],
@@ -96,22 +169,28 @@ def alerts_list(account: str | None, as_json: bool) -> None:
 @alerts.command("remove")
 @click.argument("account")
 @click.argument("name")
-def alerts_remove(account: str, name: str) -> None:
-    """Remove ACCOUNT's alert NAME."""
+@_json_option
+def alerts_remove(account: str, name: str, as_json: bool) -> None:
+    """Remove ACCOUNT's alert NAME and its notifications. With --json, prints
+    {"removed": <the alert>}."""
 
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+    async def _go() -> tuple[alert_store.Alert, str]:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await account_store.require_account(conn, account)
-            await alert_store.remove_alert(conn, found.id, name)
+            return await alert_store.remove_alert(conn, found.id, name), found.number
 
-    run(_go())
+    removed, number = run(_go())
+    if as_json:
+        echo_json({"removed": _alert_data(removed, number)})
     click.echo(f"alert {name!r} removed", err=True)
 
 
 @alerts.command("check")
 @click.option("--account", default=None, help="Only this account (default: every account).")
-def alerts_check(account: str | None) -> None:
-    """Evaluate alerts now and send the pending e-mails (after payments made elsewhere)."""
+@_json_option
+def alerts_check(account: str | None, as_json: bool) -> None:
+    """Evaluate alerts now and send the pending e-mails (after payments made elsewhere).
+    With --json, prints {"fired": N, "waiting_without_relay": M}."""
     settings = app().settings
 
     async def _go() -> tuple[int, int]:
@@ -128,6 +207,8 @@ def alerts_check(account: str | None) -> None:
             return fired, await service.waiting_without_relay()
 
     fired, waiting = run(_go())
+    if as_json:
+        echo_json({"fired": fired, "waiting_without_relay": waiting})
     click.echo(f"{fired} alert(s) fired", err=True)
     if waiting:
         click.echo(f"warning: {waiting} alert e-mail(s) wait in the outbox: {NO_RELAY}", err=True)

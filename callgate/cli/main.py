@@ -26,6 +26,7 @@ from callgate.cli import alerts as alerts_cmd
 from callgate.cli import calls as calls_cmd
 from callgate.cli import cdr as cdr_cmd
 from callgate.cli import channels as channels_cmd
+from callgate.cli import contacts as contacts_cmd
 from callgate.cli import currencies as currencies_cmd
 from callgate.cli import dids as dids_cmd
 from callgate.cli import ips as ips_cmd
@@ -111,6 +112,7 @@ cli.add_command(channels_cmd.channels)
 cli.add_command(stats_cmd.stats)
 accounts.accounts.add_command(ips_cmd.ip)
 accounts.accounts.add_command(ips_cmd.cli_rule)
+accounts.accounts.add_command(contacts_cmd.contact)
 cli.add_command(dids_cmd.dids)
 cli.add_command(packages_cmd.packages)
 cli.add_command(alerts_cmd.alerts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,12 +15,22 @@ from callgate.cli._common import app, echo_json, echo_table, engine_for, run
 from callgate.schema.tables import PackageKind, PackagePeriod
 from callgate.store import accounts as account_store
 from callgate.store import packages as package_store
+from callgate.store.db import write_transaction
+from callgate.store.errors import InvalidDataError
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 def _package_dict(p: package_store.Package) -> dict[str, Any]:
+    """A package as `packages list --json` prints it."""
     return dataclasses.asdict(p)
+
+
+def _amount(text: str, flag: str) -> Decimal:
+    try:
+        return account_store.parse_amount(text, flag.lstrip("-"))
+    except InvalidDataError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from exc
 
 
 @click.group("packages")
@@ -46,13 +57,21 @@ def packages() -> None:
 @click.option("--price", default="0", show_default=True, help="Price per period and unit.")
 @click.option("--prefixes", default="", help="Comma-separated prefixes covered (default: all).")
 @click.option("--description", default="", help="A note.")
+@_json_option
 def packages_add(
-    name: str, kind: str, period: str, quantity: int, price: str, prefixes: str, description: str
+    name: str,
+    kind: str,
+    period: str,
+    quantity: int,
+    price: str,
+    prefixes: str,
+    description: str,
+    as_json: bool,
 ) -> None:
     """Create package NAME."""
 
     async def _go() -> package_store.Package:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             return await package_store.add_package(
                 conn,
                 name,
@@ -65,7 +84,92 @@ def packages_add(
             )
 
     created = run(_go())
+    if as_json:
+        echo_json(_package_dict(created))
     click.echo(f"package {created.name!r} created", err=True)
+
+
+@packages.command("update")
+@click.argument("name")
+@click.option("--name", "new_name", default=None, help="New name of the package.")
+@click.option(
+    "--kind",
+    type=click.Choice([k.value for k in PackageKind]),
+    default=None,
+    help="What it gives (not while accounts hold it).",
+)
+@click.option(
+    "--period",
+    type=click.Choice([p.value for p in PackagePeriod]),
+    default=None,
+    help="How often it renews (not while accounts hold it).",
+)
+@click.option("--quantity", type=int, default=None, help="Minutes or calls per period and unit.")
+@click.option("--price", default=None, help="Price per period and unit.")
+@click.option("--prefixes", default=None, help="Comma-separated prefixes ('' for all).")
+@click.option("--description", default=None, help="A note.")
+@_json_option
+def packages_update(
+    name: str,
+    new_name: str | None,
+    kind: str | None,
+    period: str | None,
+    quantity: int | None,
+    price: str | None,
+    prefixes: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change package NAME: only the options given; --name renames it.
+
+    The kind and the period cannot change while accounts hold the package (their charged
+    periods and used free seconds count by them); the rest can. A new price is charged from the
+    next period not yet charged; running servers see new prefixes within 30 s."""
+    changes: dict[str, Any] = {
+        field: value
+        for field, value in (
+            ("name", new_name),
+            ("quantity", quantity),
+            ("prefixes", prefixes),
+            ("description", description),
+        )
+        if value is not None
+    }
+    if kind is not None:
+        changes["kind"] = PackageKind(kind)
+    if period is not None:
+        changes["period"] = PackagePeriod(period)
+    if price is not None:
+        changes["price"] = _amount(price, "--price")
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+
+    async def _go() -> package_store.Package:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            return await package_store.update_package(conn, name, changes)
+
+    changed = run(_go())
+    if as_json:
+        echo_json(_package_dict(changed))
+    renamed = f" (now {changed.name!r})" if changed.name != name else ""
+    click.echo(f"package {name!r} updated{renamed}", err=True)
+
+
+@packages.command("remove")
+@click.argument("name")
+@_json_option
+def packages_remove(name: str, as_json: bool) -> None:
+    """Remove package NAME. Refused while accounts hold it (`packages unassign` first); the
+    charges already made and their payments stay. With --json, prints {"removed": <it>}."""
+
+    async def _go() -> package_store.Package:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
+            return await package_store.remove_package(conn, name)
+
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": _package_dict(removed)})
+    click.echo(f"package {name!r} removed", err=True)
 
 
 @packages.command("list")
@@ -114,32 +218,42 @@ def packages_list(account: str | None, as_json: bool) -> None:
     is_flag=True,
     help="Take price x units from the credit each period (`packages charge`).",
 )
-def packages_assign(account: str, name: str, quantity: int, auto_decrement: bool) -> None:
-    """Give ACCOUNT the package NAME."""
+@_json_option
+def packages_assign(
+    account: str, name: str, quantity: int, auto_decrement: bool, as_json: bool
+) -> None:
+    """Give ACCOUNT the package NAME. With --json, the assignment as `packages list --account
+    --json` shows it."""
 
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+    async def _go() -> package_store.Assignment:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await account_store.require_account(conn, account)
-            await package_store.assign(
+            return await package_store.assign(
                 conn, found.id, name, quantity=quantity, auto_decrement=auto_decrement
             )
 
-    run(_go())
+    assigned = run(_go())
+    if as_json:
+        echo_json(dataclasses.asdict(assigned))
     click.echo(f"package {name!r} assigned to {account}", err=True)
 
 
 @packages.command("unassign")
 @click.argument("account")
 @click.argument("name")
-def packages_unassign(account: str, name: str) -> None:
-    """Take the package NAME from ACCOUNT."""
+@_json_option
+def packages_unassign(account: str, name: str, as_json: bool) -> None:
+    """Take the package NAME from ACCOUNT (the charges made stay). With --json, prints
+    {"removed": <the assignment>}."""
 
-    async def _go() -> None:
-        async with engine_for(app().settings) as engine, engine.begin() as conn:
+    async def _go() -> package_store.Assignment:
+        async with engine_for(app().settings) as engine, write_transaction(engine) as conn:
             found = await account_store.require_account(conn, account)
-            await package_store.unassign(conn, found.id, name)
+            return await package_store.unassign(conn, found.id, name)
 
-    run(_go())
+    removed = run(_go())
+    if as_json:
+        echo_json({"removed": dataclasses.asdict(removed)})
     click.echo(f"package {name!r} taken from {account}", err=True)
 
 

@@ -39,7 +39,7 @@ from callgate.schema.tables import (
     reservations,
 )
 from callgate.store._errors_map import mapped_errors
-from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"\+?[0-9]{5,20}")
@@ -164,13 +164,77 @@ async def list_alerts(conn: AsyncConnection, account_id: int | None = None) -> l
         return [alert_from_row(r) for r in await conn.execute(query)]
 
 
-async def remove_alert(conn: AsyncConnection, account_id: int, name: str) -> None:
+ALERT_FIELDS = frozenset({"name", "recipient", "area", "operator", "threshold"})
+_CONDITION = ("area", "operator", "threshold")
+
+
+async def update_alert(
+    conn: AsyncConnection, account_id: int, name: str, changes: dict[str, Any]
+) -> Alert:
+    """Change the account's alert ``name``: ``changes`` holds the :data:`ALERT_FIELDS` to set
+    (``area`` and ``operator`` as their enums), the others stay.
+
+    A changed condition (area, operator or threshold) re-arms the alert: it may fire again, once,
+    at the next evaluation, for the new condition. A new recipient or name leaves its state.
+    """
+    unknown = set(changes) - ALERT_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown alert field(s): {', '.join(sorted(unknown))}")
+    async with mapped_errors(f"alert {name}"):
+        row = (
+            await conn.execute(
+                select(alerts)
+                .where(alerts.c.account_id == account_id, alerts.c.name == name)
+                .with_for_update()
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError(f"the account has no alert {name!r}")
+        current = alert_from_row(row)
+        values: dict[str, Any] = {}
+        for field, value in changes.items():
+            if field in ("name", "recipient"):
+                value = str(value).strip()
+            if field == "name" and not value:
+                raise InvalidDataError("an alert needs a name")
+            if field == "recipient":
+                recipient_channel(value)
+            if value != getattr(current, field):
+                values[field] = value
+        if not values:
+            return current
+        if "name" in values and await conn.scalar(
+            select(alerts.c.id).where(
+                alerts.c.account_id == account_id, alerts.c.name == values["name"]
+            )
+        ):
+            raise ConflictError(f"the account has an alert {values['name']!r}; nothing changed")
+        if any(field in values for field in _CONDITION):
+            values.update(state=AlertState.ARMED.value, fired_at=None, last_value=None)
+        for field in ("area", "operator"):
+            if field in values:
+                values[field] = values[field].value
+        updated = (
+            await conn.execute(
+                update(alerts).where(alerts.c.id == current.id).values(**values).returning(alerts)
+            )
+        ).one()
+    return alert_from_row(updated)
+
+
+async def remove_alert(conn: AsyncConnection, account_id: int, name: str) -> Alert:
+    """Remove the account's alert ``name`` (and its notifications); returns it as it was."""
     async with mapped_errors("alert"):
-        result = await conn.execute(
-            delete(alerts).where(alerts.c.account_id == account_id, alerts.c.name == name)
-        )
-    if not result.rowcount:
+        row = (
+            await conn.execute(
+                delete(alerts)
+                .where(alerts.c.account_id == account_id, alerts.c.name == name)
+                .returning(alerts)
+            )
+        ).first()
+    if row is None:
         raise NotFoundError(f"the account has no alert {name!r}")
+    return alert_from_row(row)
 
 
 async def email_alert_count(conn: AsyncConnection) -> int:

@@ -201,13 +201,19 @@ async def list_rules(conn: AsyncConnection, account_id: int | None = None) -> li
         return [rule_from_row(r) for r in await conn.execute(query)]
 
 
-async def remove_rule(conn: AsyncConnection, account_id: int, rule_id: int) -> None:
+async def remove_rule(conn: AsyncConnection, account_id: int, rule_id: int) -> CliRule:
+    """Remove the account's rule ``rule_id``; returns the rule removed."""
     async with mapped_errors("caller ID rule"):
-        result = await conn.execute(
-            delete(cli_rules).where(cli_rules.c.id == rule_id, cli_rules.c.account_id == account_id)
-        )
-    if not result.rowcount:
+        row = (
+            await conn.execute(
+                delete(cli_rules)
+                .where(cli_rules.c.id == rule_id, cli_rules.c.account_id == account_id)
+                .returning(cli_rules)
+            )
+        ).first()
+    if row is None:
         raise NotFoundError(f"the account has no caller ID rule {rule_id}")
+    return rule_from_row(row)
 
 
 def by_account(rules: Iterable[CliRule]) -> dict[int, tuple[CliRule, ...]]:

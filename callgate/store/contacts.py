@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import contacts
@@ -103,16 +103,13 @@ async def add_contact(
 
     Returns the contact and the generated password (None when the caller gave one).
     """
-    name, email = name.strip(), email.strip().lower()
+    name, email = name.strip(), _check_email(email)
     if not name:
         raise InvalidDataError("a contact needs a name")
-    if "@" not in email or len(email) > 128:
-        raise InvalidDataError(f"not an e-mail address: {email!r}")
     generated = None
     if password is None:
         generated = password = generate_password()
-    elif len(password) < 8:
-        raise InvalidDataError("a contact password needs at least 8 characters")
+    _check_password(password)
     async with mapped_errors(f"contact {email}"):
         await refuse_taken(conn, f"contact e-mail {email}", contacts, _email_is(email))
         row = (
@@ -151,11 +148,114 @@ async def fetch_contact_hash(conn: AsyncConnection, email: str) -> str | None:
     return None if row[0] is None else str(row[0])
 
 
-async def remove_contact(conn: AsyncConnection, account_id: int, key: str) -> None:
-    """Remove a contact of the account, by e-mail or id."""
-    where = _email_is(key)
-    if key.isdigit():
-        where = contacts.c.id == int(key)
-    result = await conn.execute(delete(contacts).where(where, contacts.c.account_id == account_id))
-    if result.rowcount == 0:
+def _key_is(key: str) -> Any:
+    """A contact by id (digits) or by e-mail (any case)."""
+    return contacts.c.id == int(key) if key.isdigit() else _email_is(key)
+
+
+def _check_email(email: str) -> str:
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 128:
+        raise InvalidDataError(f"not an e-mail address: {email!r}")
+    return email
+
+
+def _check_password(password: str) -> str:
+    if len(password) < 8:
+        raise InvalidDataError("a contact password needs at least 8 characters")
+    return password
+
+
+async def fetch_account_contact(
+    conn: AsyncConnection, account_id: int, key: str, *, lock: bool = False
+) -> Contact:
+    """The account's contact by e-mail (any case) or id; NotFoundError if none."""
+    query = select(contacts).where(_key_is(key), contacts.c.account_id == account_id)
+    if lock:
+        query = query.with_for_update()
+    async with mapped_errors("contact"):
+        row = (await conn.execute(query)).first()
+    if row is None:
         raise NotFoundError(f"the account has no contact {key!r}")
+    return _contact(row)
+
+
+CONTACT_FIELDS = frozenset({"name", "email", "public_notes", "private_notes"})
+
+
+async def update_contact(
+    conn: AsyncConnection, account_id: int, key: str, changes: dict[str, str]
+) -> Contact:
+    """Change a contact's name, e-mail, public or private notes (the keys of ``changes``; the
+    others stay). The e-mail is a portal login: unique whatever its case (ConflictError naming
+    the account that has it); a contact may change the case of its own."""
+    unknown = set(changes) - CONTACT_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown contact field(s): {', '.join(sorted(unknown))}")
+    current = await fetch_account_contact(conn, account_id, key, lock=True)
+    values = dict(changes)
+    if "name" in values:
+        values["name"] = values["name"].strip()
+        if not values["name"]:
+            raise InvalidDataError("a contact needs a name")
+    if "email" in values:
+        values["email"] = _check_email(values["email"])
+    values = {k: v for k, v in values.items() if v != getattr(current, k)}
+    if not values:
+        return current
+    async with mapped_errors(f"contact {values.get('email', current.email)}"):
+        if "email" in values:
+            await refuse_taken(
+                conn,
+                f"contact e-mail {values['email']}",
+                contacts,
+                _email_is(values["email"]),
+                contacts.c.id != current.id,
+            )
+        row = (
+            await conn.execute(
+                update(contacts)
+                .where(contacts.c.id == current.id)
+                .values(**values)
+                .returning(contacts)
+            )
+        ).one()
+    return _contact(row)
+
+
+async def set_password(
+    conn: AsyncConnection, account_id: int, key: str, password: str | None = None
+) -> tuple[Contact, str | None]:
+    """Give a contact a new password (generated when ``password`` is None: returned, shown
+    once). Only the new hash is kept; the portal checks each session against a fingerprint of
+    the hash, so every session of the contact ends at its next request."""
+    generated = None
+    if password is None:
+        generated = password = generate_password()
+    _check_password(password)
+    current = await fetch_account_contact(conn, account_id, key, lock=True)
+    async with mapped_errors(f"contact {current.email}"):
+        row = (
+            await conn.execute(
+                update(contacts)
+                .where(contacts.c.id == current.id)
+                .values(password_hash=hash_password(password))
+                .returning(contacts)
+            )
+        ).one()
+    return _contact(row), generated
+
+
+async def remove_contact(conn: AsyncConnection, account_id: int, key: str) -> Contact:
+    """Remove a contact of the account, by e-mail or id; returns the contact removed."""
+    async with mapped_errors("contact"):
+        row = (
+            await conn.execute(
+                delete(contacts)
+                .where(_key_is(key), contacts.c.account_id == account_id)
+                .returning(contacts)
+            )
+        ).first()
+    if row is None:
+        raise NotFoundError(f"the account has no contact {key!r}")
+    return _contact(row)

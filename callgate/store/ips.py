@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callgate.schema.tables import IpDirection, account_ips
@@ -156,6 +156,53 @@ def _check_digits(name: str, value: str, *, plus: bool = False) -> str:
     return text
 
 
+IP_FIELDS = frozenset(
+    {
+        "address",
+        "channel_limit",
+        "cps_limit",
+        "tech_prefix",
+        "strip_digits",
+        "cli_prefix",
+        "codecs",
+        "direction",
+    }
+)
+"""The fields of an entry an operator sets (``ip add`` takes them all, ``ip update`` some)."""
+
+
+def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    """The column values of ``values`` (any of :data:`IP_FIELDS`), checked and normalised."""
+    out = dict(values)
+    if "address" in out:
+        out["address"] = normalise_address(str(out["address"]))
+    for name, what in (("channel_limit", "channel limit"), ("cps_limit", "CPS limit")):
+        if out.get(name) is not None and out[name] < 0:
+            raise InvalidDataError(f"the {what} cannot be negative")
+    if "strip_digits" in out and out["strip_digits"] < 0:
+        raise InvalidDataError("strip digits cannot be negative")
+    if "tech_prefix" in out:
+        out["tech_prefix"] = _check_digits("the tech prefix", out["tech_prefix"])
+    if "cli_prefix" in out:
+        out["cli_prefix"] = _check_digits("the CLI prefix", out["cli_prefix"], plus=True)
+    if "codecs" in out:
+        out["codecs"] = ",".join(c.strip().lower() for c in out["codecs"].split(",") if c.strip())
+    if "direction" in out:
+        out["direction"] = IpDirection(out["direction"]).value
+    return out
+
+
+async def _refuse_duplicate(
+    conn: AsyncConnection, address: str, tech_prefix: str, *, other_than: int | None = None
+) -> None:
+    """ConflictError naming the owner when another entry has ``(address, tech_prefix)``."""
+    prefix_text = f" with tech prefix {tech_prefix}" if tech_prefix else ""
+    where = [account_ips.c.address == address, account_ips.c.tech_prefix == tech_prefix]
+    if other_than is not None:
+        where.append(account_ips.c.id != other_than)
+    await refuse_taken(conn, f"IP {address}{prefix_text}", account_ips, *where)
+
+
 async def add_ip(
     conn: AsyncConnection,
     account_id: int,
@@ -170,50 +217,109 @@ async def add_ip(
     direction: IpDirection = IpDirection.INGRESS,
 ) -> IpEntry:
     """Add an entry; ``(address, tech_prefix)`` is unique across accounts (ConflictError)."""
-    normalised = normalise_address(address)
-    if channel_limit is not None and channel_limit < 0:
-        raise InvalidDataError("the channel limit cannot be negative")
-    if cps_limit is not None and cps_limit < 0:
-        raise InvalidDataError("the CPS limit cannot be negative")
-    if strip_digits < 0:
-        raise InvalidDataError("strip digits cannot be negative")
-    codec_list = ",".join(c.strip().lower() for c in codecs.split(",") if c.strip())
-    values = {
-        "account_id": account_id,
-        "address": normalised,
-        "channel_limit": channel_limit,
-        "cps_limit": cps_limit,
-        "tech_prefix": _check_digits("the tech prefix", tech_prefix),
-        "strip_digits": strip_digits,
-        "cli_prefix": _check_digits("the CLI prefix", cli_prefix, plus=True),
-        "codecs": codec_list,
-        "direction": direction.value,
-    }
+    values = _checked(
+        {
+            "address": address,
+            "channel_limit": channel_limit,
+            "cps_limit": cps_limit,
+            "tech_prefix": tech_prefix,
+            "strip_digits": strip_digits,
+            "cli_prefix": cli_prefix,
+            "codecs": codecs,
+            "direction": direction,
+        }
+    )
+    normalised = values["address"]
     async with mapped_errors(f"IP {normalised}"):
-        prefix_text = f" with tech prefix {values['tech_prefix']}" if values["tech_prefix"] else ""
-        await refuse_taken(
-            conn,
-            f"IP {normalised}{prefix_text}",
-            account_ips,
-            account_ips.c.address == normalised,
-            account_ips.c.tech_prefix == values["tech_prefix"],
-        )
-        new_id = await conn.scalar(insert(account_ips).values(**values).returning(account_ips.c.id))
+        await _refuse_duplicate(conn, normalised, values["tech_prefix"])
+        row = (
+            await conn.execute(
+                insert(account_ips).values(account_id=account_id, **values).returning(account_ips)
+            )
+        ).one()
         if direction is IpDirection.INGRESS:
             await mark_identify_stale(conn, account_id, f"ingress IP {normalised} added")
-    assert new_id is not None
-    return IpEntry(
-        id=int(new_id),
-        account_id=account_id,
-        address=normalised,
-        channel_limit=channel_limit,
-        cps_limit=cps_limit,
-        tech_prefix=str(values["tech_prefix"]),
-        strip_digits=strip_digits,
-        cli_prefix=str(values["cli_prefix"]),
-        codecs=codec_list,
-        direction=direction,
+    return entry_from_row(row)
+
+
+async def fetch_ip(
+    conn: AsyncConnection,
+    account_id: int,
+    address: str,
+    *,
+    tech_prefix: str = "",
+    lock: bool = False,
+) -> IpEntry:
+    """The account's entry for ``address`` and ``tech_prefix``; NotFoundError if none."""
+    normalised = normalise_address(address)
+    query = select(account_ips).where(
+        account_ips.c.account_id == account_id,
+        account_ips.c.address == normalised,
+        account_ips.c.tech_prefix == tech_prefix.strip(),
     )
+    if lock:
+        query = query.with_for_update()
+    async with mapped_errors(f"IP {normalised}"):
+        row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFoundError(
+            f"the account has no IP entry {normalised} (tech prefix {tech_prefix.strip()!r})"
+        )
+    return entry_from_row(row)
+
+
+async def update_ip(
+    conn: AsyncConnection,
+    account_id: int,
+    address: str,
+    changes: dict[str, Any],
+    *,
+    tech_prefix: str = "",
+) -> tuple[IpEntry, IpEntry]:
+    """Change the account's entry for ``address`` and ``tech_prefix`` (its current ones):
+    ``changes`` holds the :data:`IP_FIELDS` to set, the others stay. Returns the entry before
+    and after.
+
+    A new ``(address, tech_prefix)`` that another entry has is refused (ConflictError naming its
+    account). A change to what PJSIP ``identify`` matches (the address of an ingress entry, or
+    the direction) marks that stale. Reservations of calls in progress keep counting against the
+    entry's old limit key (block and tech prefix) until they end.
+    """
+    unknown = set(changes) - IP_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown IP entry field(s): {', '.join(sorted(unknown))}")
+    values = _checked(changes)
+    current = await fetch_ip(conn, account_id, address, tech_prefix=tech_prefix, lock=True)
+    values = {k: v for k, v in values.items() if v != _column(current, k)}
+    if not values:
+        return current, current
+    new_address = values.get("address", current.address)
+    new_prefix = values.get("tech_prefix", current.tech_prefix)
+    async with mapped_errors(f"IP {new_address}"):
+        if "address" in values or "tech_prefix" in values:
+            await _refuse_duplicate(conn, new_address, new_prefix, other_than=current.id)
+        row = (
+            await conn.execute(
+                update(account_ips)
+                .where(account_ips.c.id == current.id)
+                .values(**values)
+                .returning(account_ips)
+            )
+        ).one()
+        after = entry_from_row(row)
+        ingress = IpDirection.INGRESS in (current.direction, after.direction)
+        if ingress and (current.address != after.address or current.direction != after.direction):
+            await mark_identify_stale(
+                conn,
+                account_id,
+                f"ingress IP {current.address} changed to {after.address} {after.direction.value}",
+            )
+    return current, after
+
+
+def _column(entry: IpEntry, name: str) -> Any:
+    value = getattr(entry, name)
+    return value.value if isinstance(value, IpDirection) else value
 
 
 async def list_ips(conn: AsyncConnection, account_id: int | None = None) -> list[IpEntry]:
@@ -229,26 +335,29 @@ async def list_ips(conn: AsyncConnection, account_id: int | None = None) -> list
 
 async def remove_ip(
     conn: AsyncConnection, account_id: int, address: str, *, tech_prefix: str = ""
-) -> None:
-    """Remove the account's entry for ``address`` (and ``tech_prefix``); NotFoundError if none."""
+) -> IpEntry:
+    """Remove the account's entry for ``address`` (and ``tech_prefix``); NotFoundError if none.
+    Returns the entry removed."""
     normalised = normalise_address(address)
     async with mapped_errors(f"IP {normalised}"):
-        result = await conn.execute(
-            delete(account_ips)
-            .where(
-                account_ips.c.account_id == account_id,
-                account_ips.c.address == normalised,
-                account_ips.c.tech_prefix == tech_prefix.strip(),
+        row = (
+            await conn.execute(
+                delete(account_ips)
+                .where(
+                    account_ips.c.account_id == account_id,
+                    account_ips.c.address == normalised,
+                    account_ips.c.tech_prefix == tech_prefix.strip(),
+                )
+                .returning(account_ips)
             )
-            .returning(account_ips.c.direction)
-        )
-        removed = result.scalars().all()
-        if IpDirection.INGRESS.value in removed:
+        ).first()
+        if row is not None and row.direction == IpDirection.INGRESS.value:
             await mark_identify_stale(conn, account_id, f"ingress IP {normalised} removed")
-    if not removed:
+    if row is None:
         raise NotFoundError(
             f"the account has no IP entry {normalised} (tech prefix {tech_prefix!r})"
         )
+    return entry_from_row(row)
 
 
 async def load_ip_table(conn: AsyncConnection) -> IpTable:

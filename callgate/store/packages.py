@@ -46,7 +46,7 @@ from callgate.schema.tables import (
 )
 from callgate.store._errors_map import mapped_errors
 from callgate.store.db import write_transaction
-from callgate.store.errors import InvalidDataError, NotFoundError
+from callgate.store.errors import ConflictError, InvalidDataError, NotFoundError
 from callgate.store.payments import record_charge
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,40 @@ async def add_package(
         "description": description,
     }
     async with mapped_errors(f"package {name}"):
-        await conn.execute(insert(packages).values(**values))
+        new_id = int(await conn.scalar(insert(packages).values(**values).returning(packages.c.id)))
+        await _never_reuse_an_id(conn, new_id)
     return await fetch_package(conn, name.strip())
 
 
-async def fetch_package(conn: AsyncConnection, name: str) -> Package:
+async def _never_reuse_an_id(conn: AsyncConnection, new_id: int) -> None:
+    """Move a new package past every id a kept charge names.
+
+    ``period_charges.ref_id`` is no foreign key: the charges of a removed package stay (with
+    their payment rows). SQLite gives a new row the highest id + 1, so after the newest package
+    is removed the next one would get its id and inherit its charged periods (`packages charge`
+    would skip it). PostgreSQL's sequence never hands an id out twice, so there this moves
+    nothing.
+    """
+    charged = await conn.scalar(
+        select(func.max(period_charges.c.ref_id)).where(
+            period_charges.c.kind == ChargeKind.PACKAGE.value
+        )
+    )
+    if charged is not None and new_id <= int(charged):
+        highest = int(await conn.scalar(select(func.max(packages.c.id))) or 0)
+        await conn.execute(
+            update(packages)
+            .where(packages.c.id == new_id)
+            .values(id=max(highest, int(charged)) + 1)
+        )
+
+
+async def fetch_package(conn: AsyncConnection, name: str, *, lock: bool = False) -> Package:
+    query = select(packages).where(packages.c.name == name)
+    if lock:
+        query = query.with_for_update()
     async with mapped_errors("package"):
-        row = (await conn.execute(select(packages).where(packages.c.name == name))).first()
+        row = (await conn.execute(query)).first()
     if row is None:
         raise NotFoundError(f"no package {name!r}")
     return package_from_row(row)
@@ -184,6 +211,101 @@ async def list_packages(conn: AsyncConnection) -> list[Package]:
     async with mapped_errors("packages"):
         rows = await conn.execute(select(packages).order_by(packages.c.name))
         return [package_from_row(r) for r in rows]
+
+
+PACKAGE_FIELDS = frozenset(
+    {"name", "kind", "period", "quantity", "price", "prefixes", "description"}
+)
+_HELD_FIELDS = ("kind", "period")  # what accounts' charged periods and usage depend on
+
+
+async def holders(conn: AsyncConnection, package_id: int) -> int:
+    """How many accounts hold the package."""
+    return int(
+        await conn.scalar(
+            select(func.count())
+            .select_from(account_packages)
+            .where(account_packages.c.package_id == package_id)
+        )
+        or 0
+    )
+
+
+async def update_package(conn: AsyncConnection, name: str, changes: dict[str, Any]) -> Package:
+    """Change package ``name``: ``changes`` holds the :data:`PACKAGE_FIELDS` to set (``kind``
+    and ``period`` as their enums, ``prefixes`` as text), the others stay. Run it in a write
+    transaction.
+
+    The kind and the period are refused (ConflictError) while accounts hold the package: the
+    periods already charged and the free seconds already used are counted by them. The
+    quantity, price, prefixes, description and name may change at any time; a new price is
+    charged from the next period not yet charged, new prefixes reach running servers with the
+    package coverage (30 s).
+    """
+    unknown = set(changes) - PACKAGE_FIELDS
+    if unknown:
+        raise InvalidDataError(f"unknown package field(s): {', '.join(sorted(unknown))}")
+    current = await fetch_package(conn, name, lock=True)
+    values: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "prefixes":
+            value = parse_prefixes(str(value))
+        if field == "name":
+            value = str(value).strip()
+            if not value:
+                raise InvalidDataError("a package needs a name")
+        if value != getattr(current, field):
+            values[field] = value
+    if not values:
+        return current
+    kind = values.get("kind", current.kind)
+    quantity = values.get("quantity", current.quantity)
+    price = values.get("price", current.price)
+    if quantity < 0 or price < 0:
+        raise InvalidDataError("the quantity and the price cannot be negative")
+    if kind is not PackageKind.UNLIMITED and quantity == 0:
+        raise InvalidDataError(f"a {kind.value} package needs a quantity")
+    changing = [f for f in _HELD_FIELDS if f in values]
+    if changing:
+        held = await holders(conn, current.id)
+        if held:
+            raise ConflictError(
+                f"package {name!r} is held by {held} account(s): its {' and '.join(changing)} "
+                "cannot change while accounts hold it (their charged periods and used free "
+                "seconds count by them); unassign it first, or add a new package; "
+                "nothing changed"
+            )
+    if "name" in values and await conn.scalar(
+        select(packages.c.id).where(packages.c.name == values["name"])
+    ):
+        raise ConflictError(f"package {values['name']!r} exists; nothing changed")
+    for field in ("kind", "period"):
+        if field in values:
+            values[field] = values[field].value
+    if "prefixes" in values:
+        values["prefixes"] = ",".join(values["prefixes"])
+    async with mapped_errors(f"package {name}"):
+        await conn.execute(update(packages).where(packages.c.id == current.id).values(**values))
+    return await fetch_package(conn, str(values.get("name", current.name)))
+
+
+async def remove_package(conn: AsyncConnection, name: str) -> Package:
+    """Remove package ``name``; returns it as it was. Run it in a write transaction.
+
+    Refused (ConflictError) while accounts hold it (`packages unassign` first). Its charges are
+    kept: the ``period_charges`` rows and their ``package_charge`` payments stay, and no later
+    package takes its id (:func:`add_package`).
+    """
+    current = await fetch_package(conn, name, lock=True)
+    held = await holders(conn, current.id)
+    if held:
+        raise ConflictError(
+            f"package {name!r} is held by {held} account(s): unassign it first "
+            f"(`callgate packages list` shows them per account); nothing removed"
+        )
+    async with mapped_errors(f"package {name}"):
+        await conn.execute(delete(packages).where(packages.c.id == current.id))
+    return current
 
 
 def _assignment_query() -> Any:
@@ -248,17 +370,24 @@ async def assign(
     return _assignment(row)
 
 
-async def unassign(conn: AsyncConnection, account_id: int, package_name: str) -> None:
+async def unassign(conn: AsyncConnection, account_id: int, package_name: str) -> Assignment:
+    """Take the package from the account; returns the assignment as it was. The free seconds
+    it used go with it; its charges stay."""
     package = await fetch_package(conn, package_name)
+    where = (
+        account_packages.c.account_id == account_id,
+        account_packages.c.package_id == package.id,
+    )
     async with mapped_errors(f"package {package_name}"):
-        result = await conn.execute(
-            delete(account_packages).where(
-                account_packages.c.account_id == account_id,
-                account_packages.c.package_id == package.id,
+        row = (
+            await conn.execute(
+                _assignment_query().where(*where).with_for_update(of=account_packages)
             )
-        )
-    if not result.rowcount:
-        raise NotFoundError(f"the account does not hold package {package_name!r}")
+        ).first()
+        if row is None:
+            raise NotFoundError(f"the account does not hold package {package_name!r}")
+        await conn.execute(delete(account_packages).where(*where))
+    return _assignment(row)
 
 
 async def list_assignments(

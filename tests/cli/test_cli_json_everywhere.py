@@ -25,20 +25,6 @@ READ_ONLY_OR_LONG_RUNNING: dict[tuple[str, ...], str] = {
     ("web",): "the web console: runs until stopped",
 }
 
-# TEMPORARY, for the merge: these groups get --json on the `edit` branch, which owns their files
-# (callgate/cli/ips.py, packages.py, alerts.py, and the contact group moving to contacts.py).
-# The lead deletes this set when merging both branches; from then on they are checked too.
-_OWNED_BY_EDIT_BRANCH: frozenset[tuple[str, ...]] = frozenset(
-    {
-        ("accounts", "ip"),
-        ("accounts", "cli-rule"),
-        ("accounts", "contact"),
-        ("packages",),
-        ("alerts",),
-    }
-)
-
-
 def _leaves(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     if isinstance(command, click.Group):
         for name, sub in sorted(command.commands.items()):
@@ -55,10 +41,6 @@ def _command(path: tuple[str, ...]) -> click.Command:
     return command
 
 
-def _owned_elsewhere(path: tuple[str, ...]) -> bool:
-    return any(path[: len(prefix)] == prefix for prefix in _OWNED_BY_EDIT_BRANCH)
-
-
 def _json_flag(command: click.Command) -> click.Option | None:
     for param in command.params:
         if isinstance(param, click.Option) and "--json" in param.opts:
@@ -71,7 +53,6 @@ def test_every_command_that_changes_something_takes_json() -> None:
         " ".join(path)
         for path in _leaves(cli)
         if path not in READ_ONLY_OR_LONG_RUNNING
-        and not _owned_elsewhere(path)
         and _json_flag(_command(path)) is None
     ]
     assert missing == [], (
@@ -92,8 +73,6 @@ def test_the_exemptions_name_real_commands() -> None:
     leaves = set(_leaves(cli))
     stale = [p for p in READ_ONLY_OR_LONG_RUNNING if p not in leaves]
     assert stale == [], f"no such commands any more: drop them from the list: {stale}"
-    for prefix in _OWNED_BY_EDIT_BRANCH:
-        assert any(leaf[: len(prefix)] == prefix for leaf in leaves), prefix
 
 
 def test_the_walk_sees_the_nested_groups() -> None:
