@@ -863,4 +863,3 @@ def callerid_remove(account: str, cid: str, as_json: bool) -> None:
     if as_json:
         echo_json({"removed": dataclasses.asdict(removed)})
     click.echo(f"caller ID {removed.callerid} removed", err=True)
-

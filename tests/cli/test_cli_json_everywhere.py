@@ -25,6 +25,7 @@ READ_ONLY_OR_LONG_RUNNING: dict[tuple[str, ...], str] = {
     ("web",): "the web console: runs until stopped",
 }
 
+
 def _leaves(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     if isinstance(command, click.Group):
         for name, sub in sorted(command.commands.items()):
@@ -52,8 +53,7 @@ def test_every_command_that_changes_something_takes_json() -> None:
     missing = [
         " ".join(path)
         for path in _leaves(cli)
-        if path not in READ_ONLY_OR_LONG_RUNNING
-        and _json_flag(_command(path)) is None
+        if path not in READ_ONLY_OR_LONG_RUNNING and _json_flag(_command(path)) is None
     ]
     assert missing == [], (
         "these commands lack --json; add it (one JSON document on stdout), or, if they change "
