@@ -24,7 +24,7 @@ from callgate.schema.tables import ChargeKind, EnabledStatus, accounts, dids, tr
 from callgate.store._errors_map import mapped_errors
 from callgate.store.errors import InvalidDataError, NotFoundError
 from callgate.store.owners import refuse_taken
-from callgate.store.packages import PeriodCharge, charge_once
+from callgate.store.packages import PeriodCharge, charge_once, never_reuse_a_charged_id
 
 _FRIEND = re.compile(r"(PJSIP|SIP|IAX2)/[A-Za-z0-9_.@+\-]+")
 _LOCAL = re.compile(r"Local/[0-9A-Za-z_*#+\-]+@[A-Za-z0-9_\-]+")
@@ -157,8 +157,9 @@ async def add_did(
             trunk_id = await conn.scalar(select(trunks.c.id).where(trunks.c.name == provider_trunk))
             if trunk_id is None:
                 raise NotFoundError(f"no trunk {provider_trunk!r}")
-        await conn.execute(
-            insert(dids).values(
+        new_id = await conn.scalar(
+            insert(dids)
+            .values(
                 number=digits,
                 destination=dest,
                 account_id=account_id,
@@ -168,7 +169,9 @@ async def add_did(
                 retail_monthly=_money("the monthly retail price", retail_monthly),
                 description=description,
             )
+            .returning(dids.c.id)
         )
+        await never_reuse_a_charged_id(conn, dids, ChargeKind.DID, int(new_id))
     found = await fetch_did(conn, digits)
     assert found is not None
     return found

@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from callgate.schema.tables import (
@@ -169,30 +169,28 @@ async def add_package(
     }
     async with mapped_errors(f"package {name}"):
         new_id = int(await conn.scalar(insert(packages).values(**values).returning(packages.c.id)))
-        await _never_reuse_an_id(conn, new_id)
+        await never_reuse_a_charged_id(conn, packages, ChargeKind.PACKAGE, new_id)
     return await fetch_package(conn, name.strip())
 
 
-async def _never_reuse_an_id(conn: AsyncConnection, new_id: int) -> None:
-    """Move a new package past every id a kept charge names.
+async def never_reuse_a_charged_id(
+    conn: AsyncConnection, table: Table, kind: ChargeKind, new_id: int
+) -> None:
+    """Move a new row of ``table`` (packages, DIDs) past every id a kept charge names.
 
-    ``period_charges.ref_id`` is no foreign key: the charges of a removed package stay (with
-    their payment rows). SQLite gives a new row the highest id + 1, so after the newest package
-    is removed the next one would get its id and inherit its charged periods (`packages charge`
-    would skip it). PostgreSQL's sequence never hands an id out twice, so there this moves
-    nothing.
+    ``period_charges.ref_id`` is no foreign key: the charges of a removed package or DID stay
+    (with their payment rows). SQLite gives a new row the highest id + 1, so after the newest
+    one is removed the next one would get its id and inherit its charged periods (`packages
+    charge` or `dids charge` would skip it). PostgreSQL's sequence never hands an id out twice,
+    so there this moves nothing.
     """
     charged = await conn.scalar(
-        select(func.max(period_charges.c.ref_id)).where(
-            period_charges.c.kind == ChargeKind.PACKAGE.value
-        )
+        select(func.max(period_charges.c.ref_id)).where(period_charges.c.kind == kind.value)
     )
     if charged is not None and new_id <= int(charged):
-        highest = int(await conn.scalar(select(func.max(packages.c.id))) or 0)
+        highest = int(await conn.scalar(select(func.max(table.c.id))) or 0)
         await conn.execute(
-            update(packages)
-            .where(packages.c.id == new_id)
-            .values(id=max(highest, int(charged)) + 1)
+            update(table).where(table.c.id == new_id).values(id=max(highest, int(charged)) + 1)
         )
 
 

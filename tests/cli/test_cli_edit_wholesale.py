@@ -572,6 +572,27 @@ def test_a_package_made_after_a_removal_inherits_nothing(db_url: str, tmp_path: 
     assert later["id"] > max(old["id"], new["id"])
 
 
+def test_a_did_added_after_a_removal_is_charged_its_month(db_url: str, tmp_path: Path) -> None:
+    """The same id-reuse trap for DIDs: on SQLite a DID added after the newest one was removed
+    took its id, so `dids charge` thought the new DID already paid this month."""
+    run = Cli(db_url, tmp_path)
+    _setup(run)
+    old = run.json("dids", "add", "442071230001", "Local/100@from-did", "--account", "acme",
+                   "--monthly", "2")  # fmt: skip
+    assert [c["charged"] for c in run.json("dids", "charge")] == [True]
+    run("dids", "remove", "442071230001")
+    assert _balance(db_url, "acme") == Decimal("8")
+
+    new = run.json("dids", "add", "442071230002", "Local/100@from-did", "--account", "acme",
+                   "--monthly", "3")  # fmt: skip
+    assert new["id"] != old["id"]
+    assert [(c["charged"], c["ref_id"]) for c in run.json("dids", "charge")] == [(True, new["id"])]
+    assert _balance(db_url, "acme") == Decimal("5")
+    assert sorted(r["ref_id"] for r in rows(db_url, period_charges)) == sorted(
+        [old["id"], new["id"]]
+    )
+
+
 # --- alerts update -------------------------------------------------------------------------------
 
 
