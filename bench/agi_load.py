@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import socket
 import sys
@@ -454,6 +455,13 @@ async def main() -> None:
     call_path = os.environ.get("CALLGATE_DATABASE_CALL_PATH", "lean (default)")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {_cpu_model()}")
     print(f"[database] call_path: {call_path}")
+    event_loop = os.environ.get("CALLGATE_AGI_EVENT_LOOP", "auto")
+    uvloop_installed = importlib.util.find_spec("uvloop") is not None
+    print(
+        f"[agi] event_loop of callgate serve: {event_loop}"
+        f" (uvloop {'installed' if uvloop_installed else 'not installed'});"
+        " the bare ceiling and the fake Asterisk run on asyncio's loop"
+    )
     bare = await measure_bare("raw", args.calls, args.concurrency)
     args.bare_rate = bare.sessions_per_second
     print(f"bare asyncio ceiling (same commands, no work): {_fmt(bare)}", flush=True)

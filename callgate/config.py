@@ -75,8 +75,19 @@ class AgiSettings:
     header_timeout_ms: int = 5000
     command_timeout_ms: int = 10000
     drain_seconds: int = 30
+    # the event loop of `callgate serve`: "auto" (uvloop when it is installed, else asyncio's),
+    # "uvloop" (refused at start-up when it is not installed) or "asyncio"
+    event_loop: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"setting agi.event_loop: must be one of {', '.join(EVENT_LOOPS)},"
+                f" not {self.event_loop!r}"
+            )
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 CALL_PATHS = ("lean", "core")
 
 

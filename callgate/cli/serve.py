@@ -4,6 +4,9 @@ console."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 import uvicorn
@@ -29,7 +32,30 @@ def serve(host: str | None, port: int | None) -> None:
     settings = with_agi_port(
         settings, host or settings.agi.host, port if port is not None else settings.agi.port
     )
-    asyncio.run(_serve(settings))
+    run_with_loop(_serve(settings), event_loop_for(settings.agi.event_loop))
+
+
+def event_loop_for(choice: str) -> str:
+    """The event loop ``[agi] event_loop`` names: "auto" is uvloop when it is installed (as
+    uvicorn's "auto"), else asyncio's; "uvloop" without uvloop installed is a start-up failure
+    (exit 3), not a silent fallback."""
+    installed = importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        startup_failure("agi.event_loop = uvloop, but uvloop is not installed (pip install uvloop)")
+    if choice == "auto":
+        return "uvloop" if installed else "asyncio"
+    return choice
+
+
+def run_with_loop(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run ``coro`` to completion on a new event loop of the kind ``loop`` names."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    else:
+        asyncio.run(coro)
 
 
 async def _serve(settings: Settings) -> None:
@@ -60,7 +86,10 @@ async def _serve(settings: Settings) -> None:
     remove = install_signal_handlers(
         asyncio.get_running_loop(), runtime.server, settings.agi.drain_seconds
     )
-    click.echo(f"callgate serving FastAGI on {settings.agi.host}:{runtime.server.port}", err=True)
+    uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    where = f"{settings.agi.host}:{runtime.server.port}"
+    loop = "uvloop" if uvloop else "asyncio"
+    click.echo(f"callgate serving FastAGI on {where} ({loop} event loop)", err=True)
     try:
         await runtime.server.wait_stopped()
     finally:

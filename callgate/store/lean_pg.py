@@ -7,11 +7,18 @@ record_attempt) runs on an asyncpg pool of its own, opened from the same databas
 prepared statements (asyncpg's statement cache) and as few round trips as correctness allows:
 
 - **lookup**: one statement.
-- **reserve**: ``BEGIN`` and the account lock in one round trip, then one statement that reads
-  the account with its open reservations and the counts its limits need, the pure pricer, one
-  ``INSERT``, ``COMMIT``. The read runs *after* the lock, in its own statement: in READ
-  COMMITTED a statement that waited for a row lock keeps the snapshot it started with, so a sum
-  in the locking statement could miss a reservation committed while it waited.
+- **reserve**: two round trips. One statement reads the account with the state a reserve
+  decides on (its row version ``xmin``, the sum of its open reservations, the counts its limits
+  need: the function ``callgate_call_state``, migration 0010); Python decides (the same checks
+  and pricer as every ledger); then ``callgate_reserve_if_unchanged`` locks the account, reads
+  the state again in a snapshot taken after the lock, and inserts the reservation only if it is
+  the state the call was priced on. When another call of the account changed it meanwhile,
+  nothing is inserted and the reserve reads and decides again; after
+  :data:`OPTIMISTIC_ATTEMPTS` it takes the locked path: ``BEGIN`` and the account lock in one
+  round trip, one statement that reads the account with its open reservations and the counts,
+  the pricer, one ``INSERT``, ``COMMIT``. The read runs *after* the lock, in its own statement:
+  in READ COMMITTED a statement that waited for a row lock keeps the snapshot it started with,
+  so a sum in the locking statement could miss a reservation committed while it waited.
 - **settle**: one statement with CTEs (autocommit): insert the billing record ``ON CONFLICT
   (asterisk, uniqueid) DO NOTHING``, and only when it was inserted, close the reservation and
   charge the account. The unique billing record is what makes a second settle of the same call
@@ -79,6 +86,9 @@ POOL_MAX_SIZE = 20
 CONNECT_TIMEOUT_SECONDS = 10  # as the engine's (callgate.store.db.create_engine)
 COMMAND_TIMEOUT_SECONDS = 30
 ACQUIRE_TIMEOUT_SECONDS = 10
+# reserves tried on a read state before the locked path (a concurrent call of the same account
+# makes one try fail; the locked path queues on the account's lock instead)
+OPTIMISTIC_ATTEMPTS = 2
 
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 _OPEN = ReservationStatus.OPEN.value
@@ -166,6 +176,17 @@ SELECT {_ACCOUNT_COLUMNS},
   END AS address_recent
 FROM accounts a WHERE a.id = $1
 """
+# the state a reserve decides on, beside the account's columns, in one snapshot (migration 0010)
+_READ_STATE = f"""
+SELECT {_ACCOUNT_COLUMNS}, s.row_version, s.reserved, s.in_use, s.recent, s.address_in_use,
+  s.address_recent
+FROM accounts a CROSS JOIN LATERAL callgate_call_state(a.id, 0, $2, $3, $4, $5) s
+WHERE a.id = $1
+"""
+_RESERVE_IF_UNCHANGED = (
+    "SELECT callgate_reserve_if_unchanged($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+    " $13, $14, $15, $16, $17, $18, $19, $20)"
+)
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (uniqueid, asterisk, account_id, amount, granted_seconds, status,"
     " source_address, rate_id, trunk, server, created_at, expires_at)"
@@ -415,16 +436,12 @@ class LeanPostgres:
         limits: Limits = NO_LIMITS,
         asterisk: str = "",
     ) -> Grant:
-        async def work(connection: asyncpg.Connection) -> Grant:
-            row = await connection.fetchrow(
-                _READ_LOCKED,
-                account_id,
-                0,  # no reservation of this call yet
-                _utc(now - timedelta(seconds=1)),
-                limits.source_address,
-                limits.address_channel_limit is not None,
-                limits.address_cps_limit is not None,
-            )
+        since = _utc(now - timedelta(seconds=1))
+        count_channels = limits.address_channel_limit is not None
+        count_cps = limits.address_cps_limit is not None
+
+        def decide(row: asyncpg.Record | None) -> tuple[int, Decimal, Decimal, datetime]:
+            """The checks and the price on a read state: (granted, amount, available, expires)."""
             if row is None:
                 raise NotFoundError(f"no account with id {account_id}")
             account = _account(row)
@@ -432,7 +449,19 @@ class LeanPostgres:
             _check_counts(account, limits, row)
             available = account.balance + account.debit_limit - row["reserved"]
             granted, amount = _priced(price, available)
-            expires = now + timedelta(seconds=granted + self.grace_seconds)
+            return granted, amount, available, now + timedelta(seconds=granted + self.grace_seconds)
+
+        async def work(connection: asyncpg.Connection) -> Grant:
+            row = await connection.fetchrow(
+                _READ_LOCKED,
+                account_id,
+                0,  # no reservation of this call yet
+                since,
+                limits.source_address,
+                count_channels,
+                count_cps,
+            )
+            granted, amount, available, expires = decide(row)
             await connection.execute(
                 _INSERT_RESERVATION,
                 uniqueid,
@@ -450,6 +479,35 @@ class LeanPostgres:
             return Grant(granted, amount, available)
 
         try:
+            for _attempt in range(OPTIMISTIC_ATTEMPTS):
+                state = (since, limits.source_address, count_channels, count_cps)
+                row = await self._fetchrow("reserve", _READ_STATE, account_id, *state)
+                granted, amount, available, expires = decide(row)
+                assert row is not None
+                async with _mapped("reserve"):
+                    inserted = await self._pool.fetchval(
+                        _RESERVE_IF_UNCHANGED,
+                        account_id,
+                        *state,
+                        row["row_version"],
+                        row["reserved"],
+                        row["in_use"],
+                        row["recent"],
+                        row["address_in_use"],
+                        row["address_recent"],
+                        uniqueid,
+                        asterisk,
+                        _money(amount),
+                        granted,
+                        rate_id,
+                        trunk,
+                        self.server,
+                        _utc(now),
+                        _utc(expires),
+                        timeout=COMMAND_TIMEOUT_SECONDS,
+                    )
+                if inserted:
+                    return Grant(granted, amount, available)
             return await self._locked("reserve", account_id, work)
         except LedgerRefusal as exc:
             raise Refused(exc.status.value, str(exc)) from exc

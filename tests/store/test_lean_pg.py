@@ -1,0 +1,280 @@
+"""The lean PostgreSQL ledger's reserve in two round trips (migration 0010): it inserts only on
+the state it priced the call on, and decides again when another call of the account changed
+that state between its read and its insert. PostgreSQL only (the functions are PostgreSQL's).
+
+The interleaving is made deterministic by a subclass that runs a change right after the
+reserve's read: the change is real SQL on a second connection, the reserve the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import _admin_execute, _pg_url_for
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from callgate.rating import Rate, cost, max_duration
+from callgate.schema.tables import accounts, reservations
+from callgate.store import accounts as acc
+from callgate.store import lean_pg, plans
+from callgate.store.db import create_engine
+from callgate.store.ledger import Limits
+from callgate.store.ports import Refused
+
+pytestmark = pytest.mark.pg
+
+RATE = Rate(prefix="1", rate=Decimal("0.60"), initial_block=30, increment=6)
+GRACE = 60
+
+
+def price(available: Decimal) -> tuple[int, Decimal]:
+    granted = max_duration(RATE, available, 3600)
+    return granted, cost(RATE, granted)
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    name = f"cgt_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    try:
+        yield _pg_url_for(name)
+    finally:
+        asyncio.run(_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+class Interleaved(lean_pg.LeanPostgres):
+    """The lean ledger, with ``changes`` run one by one right after each of the reserve's reads
+    of the state (between the read and the insert that depends on it)."""
+
+    changes: list[Callable[[], Awaitable[None]]]
+    reads = 0
+
+    async def _fetchrow(self, what: str, query: str, *args: Any) -> asyncpg.Record | None:
+        row = await super()._fetchrow(what, query, *args)
+        if query == lean_pg._READ_STATE:
+            self.reads += 1
+            if self.changes:
+                await self.changes.pop(0)()
+        return row
+
+
+@pytest.fixture
+async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(pg_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+async def ledger(pg_url: str) -> AsyncIterator[Interleaved]:
+    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(pg_url), min_size=1, max_size=4)
+    gate = Interleaved(pool, grace_seconds=GRACE)
+    gate.changes = []
+    try:
+        yield gate
+    finally:
+        await gate.close()
+
+
+async def _account(engine: AsyncEngine, balance: str, **extra: Any) -> acc.Account:
+    async with engine.begin() as conn:
+        plan = await plans.create_call_plan(conn, name=f"p{random.randrange(10**9)}")
+        return await acc.create_account(
+            conn, call_plan_id=plan.id, balance=Decimal(balance), **extra
+        )
+
+
+def _set_balance(
+    engine: AsyncEngine, account_id: int, balance: str
+) -> Callable[[], Awaitable[None]]:
+    async def change() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(accounts).where(accounts.c.id == account_id).values(balance=Decimal(balance))
+            )
+
+    return change
+
+
+async def _open_reservations(engine: AsyncEngine, account_id: int) -> list[tuple[str, Decimal]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(reservations.c.uniqueid, reservations.c.amount)
+            .where(reservations.c.account_id == account_id, reservations.c.status == "open")
+            .order_by(reservations.c.id)
+        )
+        return [(r.uniqueid, r.amount) for r in rows]
+
+
+async def _reserve(ledger: Interleaved, account_id: int, uniqueid: str, **kwargs: Any) -> Any:
+    values: dict[str, Any] = {"price": price, "now": datetime.now(UTC), "trunk": "t1"}
+    values.update(kwargs)
+    return await ledger.reserve(account_id=account_id, uniqueid=uniqueid, rate_id=None, **values)
+
+
+async def test_an_unchanged_state_reserves_on_the_first_read(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "1.00")
+    grant = await _reserve(ledger, account.id, "u1")
+    # 1.00 at 0.60/min, 30/6: 96 s for 0.96
+    assert (grant.granted_seconds, grant.amount, grant.available) == (
+        96,
+        Decimal("0.96000"),
+        Decimal("1.00000"),
+    )
+    assert ledger.reads == 1
+    assert await _open_reservations(engine, account.id) == [("u1", Decimal("0.96"))]
+
+
+async def test_a_balance_changed_between_read_and_insert_is_priced_again(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "1.00")
+    ledger.changes = [_set_balance(engine, account.id, "0.50")]
+    grant = await _reserve(ledger, account.id, "u1")
+    # priced first on 1.00 (96 s), refused by the function, priced again on 0.50: 48 s for 0.48
+    assert (grant.granted_seconds, grant.amount, grant.available) == (
+        48,
+        Decimal("0.48000"),
+        Decimal("0.50000"),
+    )
+    assert ledger.reads == 2
+    assert await _open_reservations(engine, account.id) == [("u1", Decimal("0.48"))]
+
+
+async def test_a_reservation_of_another_call_between_read_and_insert_is_counted(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "1.00")
+    other = Interleaved(ledger._pool, grace_seconds=GRACE)
+    other.changes = []
+
+    async def another_call() -> None:
+        await _reserve(other, account.id, "u0", price=lambda a: (30, Decimal("0.30")))
+
+    ledger.changes = [another_call]
+    grant = await _reserve(ledger, account.id, "u1")
+    # 1.00 - 0.30 reserved by u0 = 0.70: 66 s for 0.66 (72 s would cost 0.72)
+    assert (grant.granted_seconds, grant.amount, grant.available) == (
+        66,
+        Decimal("0.66000"),
+        Decimal("0.70000"),
+    )
+    assert await _open_reservations(engine, account.id) == [
+        ("u0", Decimal("0.30")),
+        ("u1", Decimal("0.66")),
+    ]
+
+
+async def test_a_state_that_keeps_changing_takes_the_locked_path(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "1.00")
+    ledger.changes = [
+        _set_balance(engine, account.id, balance)
+        for balance in ("0.90", "0.80", "0.70")[: lean_pg.OPTIMISTIC_ATTEMPTS]
+    ]
+    grant = await _reserve(ledger, account.id, "u1")
+    last = ("0.90", "0.80", "0.70")[lean_pg.OPTIMISTIC_ATTEMPTS - 1]
+    granted, amount = price(Decimal(last))
+    assert (grant.granted_seconds, grant.amount, grant.available) == (
+        granted,
+        amount,
+        Decimal(last),
+    )
+    assert ledger.reads == lean_pg.OPTIMISTIC_ATTEMPTS  # the locked path reads under its lock
+    assert await _open_reservations(engine, account.id) == [("u1", amount)]
+
+
+async def test_a_channel_limit_reached_between_read_and_insert_refuses(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "5.00", channel_limit=1)
+    other = Interleaved(ledger._pool, grace_seconds=GRACE)
+    other.changes = []
+
+    async def another_call() -> None:
+        await _reserve(other, account.id, "u0")
+
+    ledger.changes = [another_call]
+    with pytest.raises(Refused, match="channel limit 1 reached"):
+        await _reserve(ledger, account.id, "u1")
+    assert [u for u, _ in await _open_reservations(engine, account.id)] == ["u0"]
+
+
+async def test_the_function_inserts_nothing_on_a_stale_state(
+    engine: AsyncEngine, pg_url: str
+) -> None:
+    account = await _account(engine, "1.00")
+    connection = await asyncpg.connect(lean_pg.asyncpg_dsn(pg_url))
+    try:
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        state = await connection.fetchrow(
+            "SELECT * FROM callgate_call_state($1, 0, $2, '', false, false)", account.id, since
+        )
+        assert state is not None
+        assert (state["reserved"], state["in_use"], state["recent"]) == (Decimal(0), None, None)
+
+        async def reserve(uniqueid: str, row_version: str, reserved: Decimal) -> bool:
+            now = datetime.now(UTC)
+            result = await connection.fetchval(
+                lean_pg._RESERVE_IF_UNCHANGED,
+                account.id,
+                since,
+                "",
+                False,
+                False,
+                row_version,
+                reserved,
+                None,
+                None,
+                None,
+                None,
+                uniqueid,
+                "",
+                Decimal("0.30"),
+                30,
+                None,
+                "t1",
+                "",
+                now,
+                now + timedelta(seconds=90),
+            )
+            return bool(result)
+
+        assert not await reserve("stale-reserved", state["row_version"], Decimal("0.01"))
+        await _set_balance(engine, account.id, "0.99")()
+        assert not await reserve("stale-version", state["row_version"], Decimal(0))
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(reservations)) == 0
+        fresh = await connection.fetchrow(
+            "SELECT * FROM callgate_call_state($1, 0, $2, '', false, false)", account.id, since
+        )
+        assert fresh is not None and fresh["row_version"] != state["row_version"]
+        assert await reserve("fresh", fresh["row_version"], Decimal(0))
+        assert await _open_reservations(engine, account.id) == [("fresh", Decimal("0.30"))]
+    finally:
+        await connection.close()
+
+
+async def test_limits_of_an_ip_entry_are_in_the_state(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "5.00")
+    limits = Limits(source_address="192.0.2.7", address_channel_limit=1)
+    await _reserve(ledger, account.id, "u0", limits=limits)
+    with pytest.raises(Refused, match="IP 192.0.2.7 channel limit 1 reached"):
+        await _reserve(ledger, account.id, "u1", limits=limits)
+    assert ledger.reads == 2
