@@ -11,6 +11,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from callgate.agi.client import AsteriskEmulator, ChannelSpec, DialOutcome, FakeAsterisk
@@ -79,9 +80,15 @@ def _free_port() -> int:
 
 
 async def _run_serve(
-    db_url: str, port: int, tmp_path: Path, *, drive: bool = True
+    db_url: str,
+    port: int,
+    tmp_path: Path,
+    *,
+    drive: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     env = {**os.environ, "CALLGATE_DATABASE_URL": db_url, "CALLGATE_AGI_DRAIN_SECONDS": "5"}
+    env.update(extra_env or {})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -130,7 +137,10 @@ def test_serve_refuses_to_start_while_migrations_are_pending(tmp_path: Path) -> 
     assert "pending migration" in err
 
 
-def test_serve_answers_calls_and_drains_on_sigterm(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio", "uvloop"])
+def test_serve_answers_calls_and_drains_on_sigterm(
+    db_url: str, tmp_path: Path, event_loop: str
+) -> None:
     settings = load_settings(environ={"CALLGATE_DATABASE_URL": db_url})
 
     async def seed() -> None:
@@ -141,10 +151,31 @@ def test_serve_answers_calls_and_drains_on_sigterm(db_url: str, tmp_path: Path) 
             await engine.dispose()
 
     asyncio.run(seed())
-    code, err = asyncio.run(_run_serve(db_url, _free_port(), tmp_path))
+    code, err = asyncio.run(
+        _run_serve(
+            db_url, _free_port(), tmp_path, extra_env={"CALLGATE_AGI_EVENT_LOOP": event_loop}
+        )
+    )
     assert code == 0, err
     assert "uniqueid=srv-1" in err and "status=OK" in err
     assert "FastAGI server stopped" in err
+    # uvloop is a dependency (off Windows), so "auto" takes it
+    loop = "asyncio" if event_loop == "asyncio" else "uvloop"
+    assert f"({loop} event loop)" in err
+
+
+def test_serve_refuses_an_unknown_event_loop(db_url: str, tmp_path: Path) -> None:
+    code, err = asyncio.run(
+        _run_serve(
+            db_url,
+            _free_port(),
+            tmp_path,
+            drive=False,
+            extra_env={"CALLGATE_AGI_EVENT_LOOP": "trio"},
+        )
+    )
+    assert code != 0
+    assert "agi.event_loop: must be one of auto, uvloop, asyncio, not 'trio'" in err
 
 
 def test_serve_exits_3_when_the_port_is_taken(db_url: str, tmp_path: Path) -> None:
