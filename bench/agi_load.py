@@ -455,7 +455,7 @@ async def main() -> None:
     call_path = os.environ.get("CALLGATE_DATABASE_CALL_PATH", "lean (default)")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {_cpu_model()}")
     print(f"[database] call_path: {call_path}")
-    event_loop = os.environ.get("CALLGATE_AGI_EVENT_LOOP", "auto")
+    event_loop = os.environ.get("CALLGATE_AGI_EVENT_LOOP", "asyncio (default)")
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     print(
         f"[agi] event_loop of callgate serve: {event_loop}"

@@ -75,9 +75,11 @@ class AgiSettings:
     header_timeout_ms: int = 5000
     command_timeout_ms: int = 10000
     drain_seconds: int = 30
-    # the event loop of `callgate serve`: "auto" (uvloop when it is installed, else asyncio's),
-    # "uvloop" (refused at start-up when it is not installed) or "asyncio"
-    event_loop: str = "auto"
+    # the event loop of `callgate serve`: "asyncio" (the standard library's), "uvloop" (pip
+    # install 'callgate[uvloop]'; refused at start-up when it is not installed) or "auto" (uvloop
+    # when installed). README "Load" has both measured: uvloop is faster below capacity, but
+    # past it calls queue longer instead of being shed at once
+    event_loop: str = "asyncio"
 
     def __post_init__(self) -> None:
         if self.event_loop not in EVENT_LOOPS:

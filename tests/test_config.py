@@ -66,3 +66,11 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     config.write_text("[agi]\nprot = 1\n", encoding="utf-8")
     with pytest.raises(SettingsError, match="prot"):
         load_settings(config_file=config, environ={})
+
+
+def test_the_event_loop_is_asyncio_unless_chosen() -> None:
+    assert load_settings(environ={}).agi.event_loop == "asyncio"
+    chosen = load_settings(environ={"CALLGATE_AGI_EVENT_LOOP": "uvloop"})
+    assert chosen.agi.event_loop == "uvloop"
+    with pytest.raises(SettingsError, match="agi.event_loop: must be one of auto, uvloop, asyncio"):
+        load_settings(environ={"CALLGATE_AGI_EVENT_LOOP": "trio"})

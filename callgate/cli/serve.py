@@ -36,12 +36,14 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 def event_loop_for(choice: str) -> str:
-    """The event loop ``[agi] event_loop`` names: "auto" is uvloop when it is installed (as
-    uvicorn's "auto"), else asyncio's; "uvloop" without uvloop installed is a start-up failure
-    (exit 3), not a silent fallback."""
+    """The event loop ``[agi] event_loop`` names: "asyncio" (the default), "uvloop", or "auto":
+    uvloop when it is installed (as uvicorn's "auto"), else asyncio's. "uvloop" without uvloop
+    installed is a start-up failure (exit 3), not a silent fallback."""
     installed = importlib.util.find_spec("uvloop") is not None
     if choice == "uvloop" and not installed:
-        startup_failure("agi.event_loop = uvloop, but uvloop is not installed (pip install uvloop)")
+        startup_failure(
+            "agi.event_loop = uvloop, but uvloop is not installed (pip install 'callgate[uvloop]')"
+        )
     if choice == "auto":
         return "uvloop" if installed else "asyncio"
     return choice

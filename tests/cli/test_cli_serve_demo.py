@@ -159,7 +159,7 @@ def test_serve_answers_calls_and_drains_on_sigterm(
     assert code == 0, err
     assert "uniqueid=srv-1" in err and "status=OK" in err
     assert "FastAGI server stopped" in err
-    # uvloop is a dependency (off Windows), so "auto" takes it
+    # uvloop is in the test extra, so "auto" takes it
     loop = "asyncio" if event_loop == "asyncio" else "uvloop"
     assert f"({loop} event loop)" in err
 
