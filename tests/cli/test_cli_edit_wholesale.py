@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import test_cli_mail
 from click.testing import CliRunner, Result
-from sqlalchemy import Table, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from db_rows import rows, snapshot
+from sqlalchemy import Table
 from test_cli_mail import Inbox
 
 from callgate.cli.main import cli
@@ -62,28 +62,6 @@ SECRET = "s" * 32
 ZONE = ZoneInfo("Europe/London")
 
 
-async def _with_conn(db_url: str, work: Any) -> Any:
-    engine = create_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            return await work(conn)
-    finally:
-        await engine.dispose()
-
-
-def rows(db_url: str, table: Table) -> list[dict[str, Any]]:
-    async def _go(conn: AsyncConnection) -> list[dict[str, Any]]:
-        result = await conn.execute(select(table).order_by(*table.primary_key.columns))
-        return [dict(r._mapping) for r in result]
-
-    found: list[dict[str, Any]] = asyncio.run(_with_conn(db_url, _go))
-    return found
-
-
-def snapshot(db_url: str) -> dict[str, list[dict[str, Any]]]:
-    return {table.name: rows(db_url, table) for table in TABLES}
-
-
 class Cli:
     def __init__(self, db_url: str, tmp_path: Path, **env: str) -> None:
         self.db_url = db_url
@@ -108,12 +86,12 @@ class Cli:
 
     def fails(self, *args: str, match: str, code: int = 1) -> Result:
         """The command is refused with ``match`` in its message and changes nothing."""
-        before = snapshot(self.db_url)
+        before = snapshot(self.db_url, TABLES)
         result = self(*args, ok=False)
         assert result.exit_code == code, (args, result.output)
         assert match in result.output, (args, result.output)
         assert result.stdout == "" or code == 2, (args, result.stdout)
-        assert snapshot(self.db_url) == before, args
+        assert snapshot(self.db_url, TABLES) == before, args
         return result
 
     def stale(self) -> dict[str, str]:
@@ -357,11 +335,11 @@ def test_reset_password_generated_typed_and_refused(db_url: str, tmp_path: Path)
               match="--send-password: no SMTP relay is configured")  # fmt: skip
     run.fails("accounts", "contact", "reset-password", "beta", "ann@example.com",
               match="the account has no contact")  # fmt: skip
-    before = snapshot(db_url)
+    before = snapshot(db_url, TABLES)
     short = run("accounts", "contact", "reset-password", "acme", "ann@example.com",
                 "--ask-password", stdin="short\nshort\n", ok=False)  # fmt: skip
     assert short.exit_code == 1 and "at least 8 characters" in short.output
-    assert snapshot(db_url) == before
+    assert snapshot(db_url, TABLES) == before
 
 
 def test_reset_password_sent_through_the_relay(

@@ -4,7 +4,6 @@ message naming what is in the way and leaves the database as it was."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
-from sqlalchemy import Executable, Table, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from db_rows import rows, run_sql, snapshot
+from sqlalchemy import Table, insert, update
 
 from callgate.cli.main import cli
 from callgate.schema.tables import (
@@ -27,7 +26,6 @@ from callgate.schema.tables import (
     reservations,
     trunks,
 )
-from callgate.store.db import create_engine
 
 TABLES: tuple[Table, ...] = (
     trunks,
@@ -53,36 +51,6 @@ prefix,destination,rate,buy_rate,trunk
 """
 
 
-async def _with_conn(db_url: str, work: Any) -> Any:
-    engine = create_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            return await work(conn)
-    finally:
-        await engine.dispose()
-
-
-def run_sql(db_url: str, *statements: Executable) -> None:
-    async def _go(conn: AsyncConnection) -> None:
-        for statement in statements:
-            await conn.execute(statement)
-
-    asyncio.run(_with_conn(db_url, _go))
-
-
-def rows(db_url: str, table: Table) -> list[dict[str, Any]]:
-    async def _go(conn: AsyncConnection) -> list[dict[str, Any]]:
-        result = await conn.execute(select(table).order_by(*table.primary_key.columns))
-        return [dict(r._mapping) for r in result]
-
-    found: list[dict[str, Any]] = asyncio.run(_with_conn(db_url, _go))
-    return found
-
-
-def snapshot(db_url: str) -> dict[str, list[dict[str, Any]]]:
-    return {table.name: rows(db_url, table) for table in TABLES}
-
-
 class Cli:
     def __init__(self, db_url: str, tmp_path: Path) -> None:
         self.db_url = db_url
@@ -102,12 +70,12 @@ class Cli:
 
     def fails(self, *args: str, match: str, code: int = 1) -> Result:
         """The command is refused with ``match`` in its message and changes nothing."""
-        before = snapshot(self.db_url)
+        before = snapshot(self.db_url, TABLES)
         result = self(*args, ok=False)
         assert result.exit_code == code, (args, result.output)
         assert match in result.output, (args, result.output)
         assert result.stdout == "" or code == 2, (args, result.stdout)
-        assert snapshot(self.db_url) == before, args
+        assert snapshot(self.db_url, TABLES) == before, args
         return result
 
     def file(self, name: str, content: str) -> str:
