@@ -26,7 +26,6 @@ from callgate.rating import Rate, cost, max_duration
 from callgate.schema.tables import accounts, reservations
 from callgate.store import accounts as acc
 from callgate.store import lean_pg, plans
-from callgate.store.db import create_engine
 from callgate.store.ledger import Limits
 from callgate.store.ports import Refused
 
@@ -42,7 +41,8 @@ def price(available: Decimal) -> tuple[int, Decimal]:
 
 
 @pytest.fixture
-def pg_url(pg_template: str) -> Iterator[str]:
+def db_url(pg_template: str) -> Iterator[str]:
+    """PostgreSQL only here (conftest's ``engine`` fixture opens it)."""
     name = f"cgt_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     try:
@@ -68,17 +68,8 @@ class Interleaved(lean_pg.LeanPostgres):
 
 
 @pytest.fixture
-async def engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(pg_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-
-
-@pytest.fixture
-async def ledger(pg_url: str) -> AsyncIterator[Interleaved]:
-    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(pg_url), min_size=1, max_size=4)
+async def ledger(db_url: str) -> AsyncIterator[Interleaved]:
+    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=4)
     gate = Interleaved(pool, grace_seconds=GRACE)
     gate.changes = []
     try:
@@ -215,10 +206,10 @@ async def test_a_channel_limit_reached_between_read_and_insert_refuses(
 
 
 async def test_the_function_inserts_nothing_on_a_stale_state(
-    engine: AsyncEngine, pg_url: str
+    engine: AsyncEngine, db_url: str
 ) -> None:
     account = await _account(engine, "1.00")
-    connection = await asyncpg.connect(lean_pg.asyncpg_dsn(pg_url))
+    connection = await asyncpg.connect(lean_pg.asyncpg_dsn(db_url))
     try:
         since = datetime.now(UTC) - timedelta(seconds=1)
         state = await connection.fetchrow(
