@@ -439,6 +439,8 @@ class LeanPostgres:
         since = _utc(now - timedelta(seconds=1))
         count_channels = limits.address_channel_limit is not None
         count_cps = limits.address_cps_limit is not None
+        # the parameters of the state's counts, the same in both reads ($3.. of _READ_LOCKED)
+        state = (since, limits.source_address, count_channels, count_cps)
 
         def decide(row: asyncpg.Record | None) -> tuple[int, Decimal, Decimal, datetime]:
             """The checks and the price on a read state: (granted, amount, available, expires)."""
@@ -456,10 +458,7 @@ class LeanPostgres:
                 _READ_LOCKED,
                 account_id,
                 0,  # no reservation of this call yet
-                since,
-                limits.source_address,
-                count_channels,
-                count_cps,
+                *state,
             )
             granted, amount, available, expires = decide(row)
             await connection.execute(
@@ -480,7 +479,6 @@ class LeanPostgres:
 
         try:
             for _attempt in range(OPTIMISTIC_ATTEMPTS):
-                state = (since, limits.source_address, count_channels, count_cps)
                 row = await self._fetchrow("reserve", _READ_STATE, account_id, *state)
                 granted, amount, available, expires = decide(row)
                 assert row is not None
