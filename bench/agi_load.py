@@ -405,8 +405,8 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
                 responder_factory=_answered_at_once,
                 spec_factory=_spec,
             )  # warm-up
-            # the ceiling again, just before this backend's phases: on a shared VM it moves by
-            # half from one minute to the next, and the ratio must compare neighbours
+            # the ceiling again, just before this backend's phases: on a shared VM it moved by a
+            # fifth within one run (and 358-1,511/s across runs), so the ratio compares neighbours
             bare = await measure_bare("raw", args.calls, args.concurrency)
             ceiling = bare.sessions_per_second
             print(f"bare asyncio ceiling, just before {backend}: {_fmt(bare)}", flush=True)
