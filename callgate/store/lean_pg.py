@@ -11,7 +11,8 @@ prepared statements (asyncpg's statement cache) and as few round trips as correc
   decides on (its row version ``xmin``, the sum of its open reservations, the counts its limits
   need: the function ``callgate_call_state``, migration 0010); Python decides (the same checks
   and pricer as every ledger); then ``callgate_reserve_if_unchanged`` locks the account, reads
-  the state again in a snapshot taken after the lock, and inserts the reservation only if it is
+  the state again in a snapshot taken after the lock (inline since migration 0011, which made
+  that check cheaper), and inserts the reservation only if it is
   the state the call was priced on. When another call of the account changed it meanwhile,
   nothing is inserted and the reserve reads and decides again; after
   :data:`OPTIMISTIC_ATTEMPTS` it takes the locked path: ``BEGIN`` and the account lock in one
