@@ -269,3 +269,85 @@ async def test_limits_of_an_ip_entry_are_in_the_state(
     with pytest.raises(Refused, match="IP 192.0.2.7 channel limit 1 reached"):
         await _reserve(ledger, account.id, "u1", limits=limits)
     assert ledger.reads == 2
+
+
+@pytest.mark.parametrize(
+    ("account_limits", "address_flags", "status", "source_address"),
+    [
+        ({"channel_limit": 5}, (False, False), "open", ""),
+        ({"cps_limit": 5}, (False, False), "released", ""),
+        ({}, (True, False), "open", "192.0.2.9"),
+        ({}, (False, True), "released", "192.0.2.9"),
+    ],
+    ids=["account channels", "account CPS", "IP channels", "IP CPS"],
+)
+async def test_the_function_sees_a_count_that_changed_alone(
+    engine: AsyncEngine,
+    db_url: str,
+    account_limits: dict[str, int],
+    address_flags: tuple[bool, bool],
+    status: str,
+    source_address: str,
+) -> None:
+    """A free call (amount 0) between the read and the insert changes one count and neither the
+    sum of the open reservations nor the account's row: the function must see the count."""
+    account = await _account(engine, "1.00", **account_limits)
+    address = "192.0.2.9" if any(address_flags) else ""
+    connection = await asyncpg.connect(lean_pg.asyncpg_dsn(db_url))
+    try:
+        now = datetime.now(UTC)
+        state_args = (now - timedelta(seconds=1), address, *address_flags)
+        read = "SELECT * FROM callgate_call_state($1, 0, $2, $3, $4, $5)"
+        state = await connection.fetchrow(read, account.id, *state_args)
+        assert state is not None
+        await connection.execute(
+            "INSERT INTO reservations (uniqueid, asterisk, account_id, amount, granted_seconds,"
+            " status, source_address, trunk, server, created_at, expires_at)"
+            " VALUES ('free', '', $1, 0, 60, $2, $3, 't1', '', $4, $5)",
+            account.id,
+            status,
+            source_address,
+            now,
+            now + timedelta(seconds=90),
+        )
+        fresh = await connection.fetchrow(read, account.id, *state_args)
+        assert fresh is not None
+        assert (fresh["row_version"], fresh["reserved"]) == (state["row_version"], Decimal(0))
+        changed = [
+            name
+            for name in ("in_use", "recent", "address_in_use", "address_recent")
+            if fresh[name] != state[name]
+        ]
+        assert len(changed) == 1, changed
+
+        async def reserve(uniqueid: str, seen: asyncpg.Record) -> bool:
+            result = await connection.fetchval(
+                lean_pg._RESERVE_IF_UNCHANGED,
+                account.id,
+                *state_args,
+                seen["row_version"],
+                seen["reserved"],
+                seen["in_use"],
+                seen["recent"],
+                seen["address_in_use"],
+                seen["address_recent"],
+                uniqueid,
+                "",
+                Decimal("0.30"),
+                30,
+                None,
+                "t1",
+                "",
+                now,
+                now + timedelta(seconds=90),
+            )
+            return bool(result)
+
+        assert not await reserve("stale", state)
+        assert await reserve("fresh", fresh)
+        assert await _open_reservations(engine, account.id) == [
+            *([("free", Decimal(0))] if status == "open" else []),
+            ("fresh", Decimal("0.30")),
+        ]
+    finally:
+        await connection.close()
