@@ -6,7 +6,13 @@ check-in are counted. Here the call path (account lookup, reserve, regrant, sett
 record_attempt) runs on an asyncpg pool of its own, opened from the same database URL, with
 prepared statements (asyncpg's statement cache) and as few round trips as correctness allows:
 
-- **lookup**: one statement.
+- **lookup**: one statement. For the call flow's lookup (:meth:`LeanPostgres.find_for_call`)
+  it also reads the state a reserve decides on (below), and keeps it for the account's next
+  reserve: when that reserve comes within :data:`LOOKUP_STATE_SECONDS` and its decision does
+  not depend on a time window (the account has no CPS limit, the IP entry no limits), it prices
+  the call on that state and needs one round trip, not two. The function checks the state as
+  it does for its own read: when another call changed it meanwhile, nothing is inserted and
+  the reserve reads and decides again.
 - **reserve**: two round trips. One statement reads the account with the state a reserve
   decides on (its row version ``xmin``, the sum of its open reservations, the counts its limits
   need: the function ``callgate_call_state``, migration 0010); Python decides (the same checks
@@ -43,9 +49,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
@@ -90,8 +97,13 @@ ACQUIRE_TIMEOUT_SECONDS = 10
 # reserves tried on a read state before the locked path (a concurrent call of the same account
 # makes one try fail; the locked path queues on the account's lock instead)
 OPTIMISTIC_ATTEMPTS = 2
+# how long the state read with a call's account lookup is used for its reserve (the reserve
+# follows the lookup within milliseconds; a later one, or a stale state, only reads again)
+LOOKUP_STATE_SECONDS = 1.0
+LOOKUP_STATES_KEPT = 1024  # states of lookups not yet followed by their reserve, oldest dropped
 
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
+CPS_WINDOW = timedelta(seconds=1)  # a CPS limit counts the reservations made in the last second
 _OPEN = ReservationStatus.OPEN.value
 _SETTLED = ReservationStatus.SETTLED.value
 _RELEASED = ReservationStatus.RELEASED.value
@@ -148,10 +160,18 @@ _INSERT_CALL = _CALL_VALUES + " RETURNING id"
 
 _BY_ID = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = $1"
 _BY_NUMBER = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.number = $1"
-_BY_ALIAS = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE lower(a.alias) = lower($1)"
-_BY_CALLERID = (
-    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a JOIN account_callerids c"
-    " ON c.account_id = a.id WHERE c.callerid = $1 AND c.active"
+# the call flow's lookups: the account with the state a reserve decides on (no IP entry's
+# counts; $2 is the CPS window's start), in one snapshot
+_WITH_STATE = (
+    f"SELECT {_ACCOUNT_COLUMNS}, s.row_version, s.reserved, s.in_use, s.recent,"
+    " s.address_in_use, s.address_recent FROM accounts a"
+)
+_STATE_OF_A = " CROSS JOIN LATERAL callgate_call_state(a.id, 0, $2, '', false, false) s"
+_CALL_BY_NUMBER = f"{_WITH_STATE}{_STATE_OF_A} WHERE a.number = $1"
+_CALL_BY_ALIAS = f"{_WITH_STATE}{_STATE_OF_A} WHERE lower(a.alias) = lower($1)"
+_CALL_BY_CALLERID = (
+    f"{_WITH_STATE} JOIN account_callerids c ON c.account_id = a.id{_STATE_OF_A}"
+    " WHERE c.callerid = $1 AND c.active"
 )
 
 # BEGIN and the lock in one round trip (the simple protocol takes several statements; the id
@@ -178,12 +198,10 @@ SELECT {_ACCOUNT_COLUMNS},
 FROM accounts a WHERE a.id = $1
 """
 # the state a reserve decides on, beside the account's columns, in one snapshot (migration 0010)
-_READ_STATE = f"""
-SELECT {_ACCOUNT_COLUMNS}, s.row_version, s.reserved, s.in_use, s.recent, s.address_in_use,
-  s.address_recent
-FROM accounts a CROSS JOIN LATERAL callgate_call_state(a.id, 0, $2, $3, $4, $5) s
-WHERE a.id = $1
-"""
+_READ_STATE = (
+    f"{_WITH_STATE} CROSS JOIN LATERAL callgate_call_state(a.id, 0, $2, $3, $4, $5) s"
+    " WHERE a.id = $1"
+)
 _RESERVE_IF_UNCHANGED = (
     "SELECT callgate_reserve_if_unchanged($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
     " $13, $14, $15, $16, $17, $18, $19, $20)"
@@ -339,6 +357,9 @@ class LeanPostgres:
         self._pool = pool
         self.grace_seconds = grace_seconds
         self.server = server
+        # account id -> (monotonic time, the row of its lookup with the state, the CPS window's
+        # start it was read with): for the account's next reserve (see the module's text)
+        self._looked_up: dict[int, tuple[float, asyncpg.Record, datetime]] = {}
 
     @classmethod
     async def connect(
@@ -404,16 +425,46 @@ class LeanPostgres:
     async def find_for_call(
         self, *, accountcode: str, argument: str, callerid: str
     ) -> CallerAccount | None:
+        since = datetime.now(UTC) - CPS_WINDOW
         row: asyncpg.Record | None = None
         if accountcode:
-            row = await self._fetchrow("account lookup", _BY_NUMBER, accountcode)
+            row = await self._fetchrow("account lookup", _CALL_BY_NUMBER, accountcode, since)
         if row is None and argument:
-            row = await self._fetchrow("account lookup", _BY_NUMBER, argument)
+            row = await self._fetchrow("account lookup", _CALL_BY_NUMBER, argument, since)
             if row is None:
-                row = await self._fetchrow("account lookup", _BY_ALIAS, argument)
+                row = await self._fetchrow("account lookup", _CALL_BY_ALIAS, argument, since)
         if row is None and callerid:
-            row = await self._fetchrow("account lookup", _BY_CALLERID, callerid)
-        return None if row is None else caller_account(_account(row))
+            row = await self._fetchrow("account lookup", _CALL_BY_CALLERID, callerid, since)
+        if row is None:
+            return None
+        account = _account(row)
+        self._keep_state(account, row, since)
+        return caller_account(account)
+
+    def _keep_state(self, account: Account, row: asyncpg.Record, since: datetime) -> None:
+        """Keep a lookup's state for the account's reserve, when its decision will not depend
+        on the time (a CPS window starts from the reserve's own clock)."""
+        if account.cps_limit is not None:
+            return
+        kept = self._looked_up
+        kept.pop(account.id, None)  # re-inserted last: the dict stays oldest first
+        kept[account.id] = (time.monotonic(), row, since)
+        while len(kept) > LOOKUP_STATES_KEPT:
+            del kept[next(iter(kept))]
+
+    def _kept_state(
+        self, account_id: int, limits: Limits
+    ) -> tuple[asyncpg.Record, datetime] | None:
+        """The state of the account's lookup, once, while fresh and when the IP entry has no
+        limits (their counts are not in it)."""
+        kept = self._looked_up.pop(account_id, None)
+        ip_limits = (limits.address_channel_limit, limits.address_cps_limit)
+        if kept is None or ip_limits != (None, None):
+            return None
+        read_at, row, since = kept
+        if time.monotonic() - read_at > LOOKUP_STATE_SECONDS:
+            return None
+        return row, since
 
     async def find_by_pin(self, pin: str) -> CallerAccount | None:
         row = await self._fetchrow("PIN lookup", _BY_NUMBER, pin)
@@ -437,7 +488,7 @@ class LeanPostgres:
         limits: Limits = NO_LIMITS,
         asterisk: str = "",
     ) -> Grant:
-        since = _utc(now - timedelta(seconds=1))
+        since = _utc(now - CPS_WINDOW)
         count_channels = limits.address_channel_limit is not None
         count_cps = limits.address_cps_limit is not None
         # the parameters of the state's counts, the same in both reads ($3.. of _READ_LOCKED)
@@ -479,15 +530,28 @@ class LeanPostgres:
             return Grant(granted, amount, available)
 
         try:
-            for _attempt in range(OPTIMISTIC_ATTEMPTS):
-                row = await self._fetchrow("reserve", _READ_STATE, account_id, *state)
-                granted, amount, available, expires = decide(row)
-                assert row is not None
+            kept = self._kept_state(account_id, limits)
+            for _attempt in range(OPTIMISTIC_ATTEMPTS + (kept is not None)):
+                if kept is not None:  # the state read with the call's lookup
+                    row, lookup_since = kept
+                    kept = None
+                    try:
+                        granted, amount, available, expires = decide(row)
+                    except LedgerRefusal:
+                        continue  # a refusal is decided on a fresh read
+                    # its parameters: no IP entry's counts (limits.source_address is only
+                    # the reservation's address then)
+                    read = (lookup_since, limits.source_address, False, False)
+                else:
+                    found = await self._fetchrow("reserve", _READ_STATE, account_id, *state)
+                    granted, amount, available, expires = decide(found)
+                    assert found is not None
+                    row, read = found, state
                 async with _mapped("reserve"):
                     inserted = await self._pool.fetchval(
                         _RESERVE_IF_UNCHANGED,
                         account_id,
-                        *state,
+                        *read,
                         row["row_version"],
                         row["reserved"],
                         row["in_use"],

@@ -351,3 +351,62 @@ async def test_the_function_sees_a_count_that_changed_alone(
         ]
     finally:
         await connection.close()
+
+
+async def _lookup(ledger: Interleaved, account: acc.Account) -> None:
+    found = await ledger.find_for_call(accountcode=account.number, argument="", callerid="")
+    assert found is not None and found.id == account.id
+
+
+async def test_a_reserve_after_the_lookup_prices_on_the_lookups_state(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "5.00")
+    await _lookup(ledger, account)
+    grant = await _reserve(ledger, account.id, "u0")
+    assert ledger.reads == 0  # the function only: one round trip
+    assert await _open_reservations(engine, account.id) == [("u0", grant.amount)]
+    with pytest.raises(Refused, match="credit"):  # the lookup's state is used once
+        await _reserve(ledger, account.id, "u1")
+    assert ledger.reads == 1
+
+
+async def test_a_change_between_the_lookup_and_the_reserve_is_priced_again(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "5.00")
+    await _lookup(ledger, account)
+    await _set_balance(engine, account.id, "0.60")()
+    grant = await _reserve(ledger, account.id, "u0")
+    assert ledger.reads == 1
+    assert (grant.granted_seconds, grant.available) == (60, Decimal("0.60"))
+    assert await _open_reservations(engine, account.id) == [("u0", Decimal("0.60"))]
+
+
+async def test_a_refusal_on_the_lookups_state_is_decided_again_on_a_fresh_read(
+    engine: AsyncEngine, ledger: Interleaved
+) -> None:
+    account = await _account(engine, "0.00")
+    await _lookup(ledger, account)
+    await _set_balance(engine, account.id, "1.20")()  # a payment meanwhile
+    grant = await _reserve(ledger, account.id, "u0")
+    assert ledger.reads == 1 and grant.granted_seconds == 120
+
+
+@pytest.mark.parametrize(
+    ("extra", "limits"),
+    [
+        ({"cps_limit": 5}, Limits()),
+        ({}, Limits(source_address="192.0.2.7", address_cps_limit=5)),
+        ({}, Limits(source_address="192.0.2.7", address_channel_limit=5)),
+    ],
+    ids=["account CPS limit", "IP CPS limit", "IP channel limit"],
+)
+async def test_a_reserve_with_counts_the_lookup_did_not_read_reads_them(
+    engine: AsyncEngine, ledger: Interleaved, extra: dict[str, int], limits: Limits
+) -> None:
+    account = await _account(engine, "5.00", **extra)
+    await _lookup(ledger, account)
+    await _reserve(ledger, account.id, "u0", limits=limits)
+    assert ledger.reads == 1
+    assert [u for u, _ in await _open_reservations(engine, account.id)] == ["u0"]
