@@ -114,6 +114,38 @@ async def _reserve(ledger: Interleaved, account_id: int, uniqueid: str, **kwargs
     return await ledger.reserve(account_id=account_id, uniqueid=uniqueid, rate_id=None, **values)
 
 
+# the state a reserve decides on, as callgate_call_state returns it
+_STATE_COLUMNS = ("row_version", "reserved", "in_use", "recent", "address_in_use", "address_recent")
+
+
+async def _reserve_if_unchanged(
+    connection: asyncpg.Connection,
+    account_id: int,
+    read: tuple[Any, ...],
+    seen: tuple[Any, ...],
+    uniqueid: str,
+) -> bool:
+    """``callgate_reserve_if_unchanged`` called directly: the read's parameters (since, address,
+    the two IP flags), the state seen (version, reserved, the four counts), a 0.30 reservation."""
+    now = datetime.now(UTC)
+    result = await connection.fetchval(
+        lean_pg._RESERVE_IF_UNCHANGED,
+        account_id,
+        *read,
+        *seen,
+        uniqueid,
+        "",
+        Decimal("0.30"),
+        30,
+        None,
+        "t1",
+        "",
+        now,
+        now + timedelta(seconds=90),
+    )
+    return bool(result)
+
+
 async def test_an_unchanged_state_reserves_on_the_first_read(
     engine: AsyncEngine, ledger: Interleaved
 ) -> None:
@@ -219,31 +251,10 @@ async def test_the_function_inserts_nothing_on_a_stale_state(
         assert (state["reserved"], state["in_use"], state["recent"]) == (Decimal(0), None, None)
 
         async def reserve(uniqueid: str, row_version: str, reserved: Decimal) -> bool:
-            now = datetime.now(UTC)
-            result = await connection.fetchval(
-                lean_pg._RESERVE_IF_UNCHANGED,
-                account.id,
-                since,
-                "",
-                False,
-                False,
-                row_version,
-                reserved,
-                None,
-                None,
-                None,
-                None,
-                uniqueid,
-                "",
-                Decimal("0.30"),
-                30,
-                None,
-                "t1",
-                "",
-                now,
-                now + timedelta(seconds=90),
+            seen = (row_version, reserved, None, None, None, None)
+            return await _reserve_if_unchanged(
+                connection, account.id, (since, "", False, False), seen, uniqueid
             )
-            return bool(result)
 
         assert not await reserve("stale-reserved", state["row_version"], Decimal("0.01"))
         await _set_balance(engine, account.id, "0.99")()
@@ -321,27 +332,8 @@ async def test_the_function_sees_a_count_that_changed_alone(
         assert len(changed) == 1, changed
 
         async def reserve(uniqueid: str, seen: asyncpg.Record) -> bool:
-            result = await connection.fetchval(
-                lean_pg._RESERVE_IF_UNCHANGED,
-                account.id,
-                *state_args,
-                seen["row_version"],
-                seen["reserved"],
-                seen["in_use"],
-                seen["recent"],
-                seen["address_in_use"],
-                seen["address_recent"],
-                uniqueid,
-                "",
-                Decimal("0.30"),
-                30,
-                None,
-                "t1",
-                "",
-                now,
-                now + timedelta(seconds=90),
-            )
-            return bool(result)
+            values = tuple(seen[name] for name in _STATE_COLUMNS)
+            return await _reserve_if_unchanged(connection, account.id, state_args, values, uniqueid)
 
         assert not await reserve("stale", state)
         assert await reserve("fresh", fresh)
