@@ -357,9 +357,9 @@ class LeanPostgres:
         self._pool = pool
         self.grace_seconds = grace_seconds
         self.server = server
-        # account id -> (monotonic time, the row of its lookup with the state, the CPS window's
-        # start it was read with): for the account's next reserve (see the module's text)
-        self._looked_up: dict[int, tuple[float, asyncpg.Record, datetime]] = {}
+        # account id -> (monotonic time, the row of its lookup with the state): for the
+        # account's next reserve (see the module's text)
+        self._looked_up: dict[int, tuple[float, asyncpg.Record]] = {}
 
     @classmethod
     async def connect(
@@ -438,33 +438,29 @@ class LeanPostgres:
         if row is None:
             return None
         account = _account(row)
-        self._keep_state(account, row, since)
+        self._keep_state(account, row)
         return caller_account(account)
 
-    def _keep_state(self, account: Account, row: asyncpg.Record, since: datetime) -> None:
+    def _keep_state(self, account: Account, row: asyncpg.Record) -> None:
         """Keep a lookup's state for the account's reserve, when its decision will not depend
         on the time (a CPS window starts from the reserve's own clock)."""
         if account.cps_limit is not None:
             return
         kept = self._looked_up
         kept.pop(account.id, None)  # re-inserted last: the dict stays oldest first
-        kept[account.id] = (time.monotonic(), row, since)
+        kept[account.id] = (time.monotonic(), row)
         while len(kept) > LOOKUP_STATES_KEPT:
             del kept[next(iter(kept))]
 
-    def _kept_state(
-        self, account_id: int, limits: Limits
-    ) -> tuple[asyncpg.Record, datetime] | None:
+    def _kept_state(self, account_id: int, limits: Limits) -> asyncpg.Record | None:
         """The state of the account's lookup, once, while fresh and when the IP entry has no
         limits (their counts are not in it)."""
         kept = self._looked_up.pop(account_id, None)
         ip_limits = (limits.address_channel_limit, limits.address_cps_limit)
         if kept is None or ip_limits != (None, None):
             return None
-        read_at, row, since = kept
-        if time.monotonic() - read_at > LOOKUP_STATE_SECONDS:
-            return None
-        return row, since
+        read_at, row = kept
+        return row if time.monotonic() - read_at <= LOOKUP_STATE_SECONDS else None
 
     async def find_by_pin(self, pin: str) -> CallerAccount | None:
         row = await self._fetchrow("PIN lookup", _BY_NUMBER, pin)
@@ -533,15 +529,15 @@ class LeanPostgres:
             kept = self._kept_state(account_id, limits)
             for _attempt in range(OPTIMISTIC_ATTEMPTS + (kept is not None)):
                 if kept is not None:  # the state read with the call's lookup
-                    row, lookup_since = kept
-                    kept = None
+                    row, kept = kept, None
                     try:
                         granted, amount, available, expires = decide(row)
                     except LedgerRefusal:
                         continue  # a refusal is decided on a fresh read
-                    # its parameters: no IP entry's counts (limits.source_address is only
-                    # the reservation's address then)
-                    read = (lookup_since, limits.source_address, False, False)
+                    # read without the IP entry's counts (it has no limits) and with no CPS
+                    # count (the account had no CPS limit; were one set since, the row's version
+                    # would differ): the reserve's own window gives the function the same state
+                    read = (since, limits.source_address, False, False)
                 else:
                     found = await self._fetchrow("reserve", _READ_STATE, account_id, *state)
                     granted, amount, available, expires = decide(found)
