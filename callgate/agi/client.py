@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from callgate.agi.codec import HEADER_ORDER, decode_line, split_command
-from callgate.agi.session import MAX_LINE_BYTES
+from callgate.agi.session import MAX_LINE_BYTES, release_transport
 
 __all__ = [
     "ANSWER_SUBROUTINE",
@@ -802,6 +802,8 @@ class FakeAsterisk:
                     await writer.wait_closed()
             except (OSError, TimeoutError):
                 pass
+            else:
+                release_transport(writer)
         return FakeCallResult(
             spec, tuple(commands), server_closed, lingered, error, setup_ms, _since_ms(started)
         )

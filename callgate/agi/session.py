@@ -46,6 +46,7 @@ __all__ = [
     "close_writer",
     "current_uniqueid",
     "read_header_block",
+    "release_transport",
 ]
 
 log = logging.getLogger(__name__)
@@ -385,3 +386,25 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
             await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
         log.debug("closing AGI socket: %r", exc)
+    else:
+        release_transport(writer)
+
+
+def _nothing_to_read() -> None:
+    """The read callback of a transport that is gone."""
+
+
+def release_transport(writer: asyncio.StreamWriter) -> None:
+    """Let a closed connection's transport be freed at once, not by the cyclic GC.
+
+    CPython's selector socket transport (3.11 at least) keeps a bound method of itself,
+    ``_read_ready_cb``: every connection is a reference cycle that only the cyclic garbage
+    collector frees (about 1,000 transports a second of garbage at 950 calls/s, each with its
+    socket, collected in batches). Once the connection is lost (the loop no longer reads it)
+    the callback is replaced by a function that holds nothing, so the transport goes when its
+    last reference does. uvloop's transports, and transports without the attribute, are left
+    alone.
+    """
+    transport = writer.transport
+    if transport.is_closing() and getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = _nothing_to_read  # type: ignore[attr-defined]

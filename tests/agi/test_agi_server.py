@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
@@ -447,3 +449,22 @@ async def test_metrics_count_admissions_and_outcomes() -> None:
     assert _sample("callgate_agi_sessions_total", "ok") == before["ok"] + 2
     assert _sample("callgate_agi_sessions_total", "no_header") == before["no_header"] + 1
     assert _sample("callgate_agi_command_timeouts_total") == before["timeouts"] + 1
+
+
+async def test_a_closed_session_is_freed_without_the_cyclic_gc() -> None:
+    transports: list[weakref.ref[asyncio.BaseTransport]] = []
+
+    async def flow(session: AgiSession) -> None:
+        transports.append(weakref.ref(session._writer.transport))  # the socket's transport
+        await session.verbose("hello", 1)
+
+    gc.disable()  # only reference counting may free it
+    try:
+        async with serving({"call": flow}) as server:
+            for _ in range(3):
+                await a_normal_call_works(server)
+        # the server has shut down: every session task has finished
+        assert len(transports) == 3
+        assert [ref() for ref in transports] == [None, None, None]
+    finally:
+        gc.enable()
