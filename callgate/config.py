@@ -71,7 +71,8 @@ class AgiSettings:
     # not listed keys its calls by the address itself
     system_names: tuple[str, ...] = ()
     max_sessions: int = 5000
-    max_setups: int = 50  # direct-dial calls between header and Dial; beyond: refused (cause 42)
+    max_setups: int = 50  # direct-dial calls between header and Dial; beyond: they wait in line
+    setup_wait_ms: int = 200  # for a set-up slot, at most this long; then refused (cause 42)
     header_timeout_ms: int = 5000
     command_timeout_ms: int = 10000
     drain_seconds: int = 30

@@ -88,7 +88,7 @@ CALLS_BILLSEC = Counter(
 )
 CALLS_SHED = Counter(
     "callgate_calls_shed",
-    "Calls refused at once because agi.max_setups calls were in set-up (overload)",
+    "Calls refused because agi.max_setups calls were in set-up for agi.setup_wait_ms (overload)",
     registry=REGISTRY,
 )
 CALL_ATTEMPTS = Counter(
@@ -230,7 +230,7 @@ def status_label(status: str) -> str:
 
 
 def observe_shed() -> None:
-    """A call refused at once because ``agi.max_setups`` calls were in set-up (overload)."""
+    """A call refused: ``agi.max_setups`` calls were in set-up for ``agi.setup_wait_ms``."""
     CALLS_SHED.inc()
     observe_attempt()
     observe_call("ERROR", "", 0, None)

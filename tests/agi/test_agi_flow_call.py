@@ -7,7 +7,8 @@ backends).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,8 +24,10 @@ from callgate.agi.client import (
     ChannelSpec,
     DialOutcome,
     DialStatus,
+    Emit,
     FakeAsterisk,
     FakeCallResult,
+    ReceivedCommand,
 )
 from callgate.agi.flows.call import CallFlows, FlowSettings
 from callgate.agi.server import AgiServer
@@ -351,6 +354,81 @@ async def test_overload_refuses_new_calls_at_once_without_the_database(engine: A
         assert (await conn.execute(select(calls))).first() is None  # nothing written
 
 
+class _SlowBeforeDial(AsteriskEmulator):
+    """Answers ``SET VARIABLE CALLGATE_ACCOUNT`` (sent between the reserve and the Dial) after
+    ``hold_ms`` of real time, and says when it got it: the call is in set-up meanwhile."""
+
+    def __init__(self, spec: ChannelSpec, hold_ms: float, in_setup: asyncio.Event) -> None:
+        super().__init__(spec, clock_ms=lambda: FROZEN_MS)
+        self.hold_ms = hold_ms
+        self.in_setup = in_setup
+
+    def __call__(self, command: ReceivedCommand) -> Sequence[Emit]:
+        emits = super().__call__(command)
+        if command.line.startswith("SET VARIABLE CALLGATE_ACCOUNT"):
+            self.in_setup.set()
+            return [Emit(emit.data, emit.delay_ms + self.hold_ms) for emit in emits]
+        return emits
+
+
+@pytest.mark.parametrize(
+    ("setup_wait_ms", "second_dials"),
+    [(5000, True), (50, False)],
+    ids=["waits-for-the-slot", "refused-after-the-wait"],
+)
+async def test_a_call_beyond_max_setups_waits_in_line_for_setup_wait_ms(
+    engine: AsyncEngine, setup_wait_ms: int, second_dials: bool
+) -> None:
+    async with engine.begin() as conn:
+        await plans.create_trunk(conn, name="carrier-a", technology="PJSIP", peer="gw-a")
+        plan_row = await plans.create_call_plan(conn, name="burst")
+        await account_store.create_account(
+            conn, call_plan_id=plan_row.id, number="1000000009", balance=Decimal("50.00")
+        )
+    plan = CallPlan(
+        name="burst",
+        mode=RoutingMode.LCR,
+        max_call_seconds=3600,
+        tables=(PlanTable("std", 1, PrefixIndex("std", [UK])),),
+    )
+    routing = RoutingData(engine, lambda plan_id: plan if plan_id == plan_row.id else None)
+    await routing.refresh()
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=routing,
+        ledger=SqlLedger(engine, grace_seconds=60),
+        settings=FlowSettings(max_setups=1, setup_wait_ms=setup_wait_ms),
+    )
+    server = AgiServer({"call": flows.call}, port=0)
+    await server.start()
+    asterisk = FakeAsterisk("127.0.0.1", server.port)
+    shed_before = metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0
+    in_setup = asyncio.Event()
+    slow = _SlowBeforeDial(_spec("burst-1", accountcode="1000000009"), 400, in_setup)
+    second = _emulator(_spec("burst-2", accountcode="1000000009"))
+    try:
+        first_call = asyncio.create_task(asterisk.call(slow.spec, slow))
+        await asyncio.wait_for(in_setup.wait(), 5)  # the only set-up slot is taken
+        second_result = await asterisk.call(second.spec, second)
+        first_result = await first_call
+    finally:
+        await server.shutdown(1)
+    assert first_result.ok and len(slow.dials) == 1
+    assert second_result.ok
+    assert flows.setups == 0  # every slot came back
+    shed = (metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0) - shed_before
+    if second_dials:  # it waited about 400 ms for the first call's slot, then dialled
+        assert len(second.dials) == 1 and second.variables["CALLGATE_STATUS"] == "OK"
+        assert flows.waited == 1 and flows.shed == 0 and shed == 0
+        assert second_result.setup_ms is not None and second_result.setup_ms >= 300
+    else:  # no slot within 50 ms: refused, nothing written for it
+        assert second.dials == [] and second.variables["CALLGATE_HANGUPCAUSE"] == "42"
+        assert flows.waited == 0 and flows.shed == 1 and shed == 1
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(calls.c.uniqueid))).scalars().all()
+        assert rows == ["burst-1"]
+
+
 async def test_two_asterisk_servers_may_issue_the_same_uniqueid(harness: Harness) -> None:
     """Calls are keyed by (Asterisk, uniqueid): the FastAGI peer's configured system name, else
     its address. The same uniqueid from two boxes is two calls; from one box, still one."""
@@ -392,3 +470,28 @@ async def test_two_asterisk_servers_may_issue_the_same_uniqueid(harness: Harness
         assert await harness.open_reservations() == 0
     finally:
         await server.shutdown(1)
+
+
+async def test_a_call_cancelled_in_line_gives_back_a_slot_handed_to_it(engine: AsyncEngine) -> None:
+    routing = RoutingData(engine, lambda plan_id: None)
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=routing,
+        ledger=SqlLedger(engine, grace_seconds=60),
+        settings=FlowSettings(max_setups=1, setup_wait_ms=5000),
+    )
+    assert await flows._admitted()  # the one slot
+    waiting = asyncio.create_task(flows._admitted())
+    await asyncio.sleep(0)  # it queued
+    waiting.cancel()  # e.g. the server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    handed = asyncio.create_task(flows._admitted())
+    await asyncio.sleep(0)
+    flows._free_setup_slot()  # the first call reaches Dial: its slot goes to the call in line
+    assert flows.setups == 1
+    handed.cancel()  # cancelled before it could run with the slot
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert flows.setups == 0 and flows.waited == 0
+    assert await flows._admitted() and flows.setups == 1  # the slot is free again, at once

@@ -24,10 +24,12 @@ logged and billed from ANSWEREDTIME_MS, never treated as a free call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -133,9 +135,11 @@ class FlowSettings:
     # SIP source address of a call per channel technology (IP authentication)
     recordings_dir: str = ""
     # direct-dial calls allowed between their header and their Dial at once; beyond it a new
-    # call is refused at once (cause 42) instead of queueing for the database until everything
-    # times out: under overload the calls admitted keep their set-up time
+    # call waits in line for a slot up to setup_wait_ms, then is refused (cause 42) instead of
+    # queueing for the database until everything times out: a burst waits a moment, a lasting
+    # overload is refused and the calls admitted keep their set-up time
     max_setups: int = 50
+    setup_wait_ms: int = 200
     source_address_exprs: tuple[tuple[str, str], ...] = (
         ("PJSIP", "${CHANNEL(pjsip,remote_addr)}"),
         ("SIP", "${CHANNEL(recvip)}"),
@@ -492,15 +496,18 @@ class CallFlows:
         self._card_failures: dict[str, tuple[int, float]] = {}
         self.setups = 0  # direct-dial calls between their header and their Dial
         self.shed = 0  # calls refused because max_setups were in set-up
+        self.waited = 0  # calls that waited in line for a set-up slot and got one
+        #: calls waiting for a set-up slot, first come first served; a slot that frees is handed
+        #: to the first of them (`setups` keeps counting it), so no newcomer overtakes the line
+        self._setup_line: deque[asyncio.Future[None]] = deque()
 
     # ------------------------------------------------------------------ entry points
 
     async def call(self, session: AgiSession) -> None:
         """Direct dialling: ``AGI(agi://host/call[,account[,number]])``."""
-        if self.setups >= self.settings.max_setups:
+        if not await self._admitted():
             await self._shed(session)
             return
-        self.setups += 1
         state = self._new_state(session, "call")
         state.in_setup = True
         try:
@@ -508,19 +515,61 @@ class CallFlows:
         finally:
             self._leave_setup(state)
 
+    async def _admitted(self) -> bool:
+        """Take a set-up slot: at once when one is free and nobody waits, else in line for up to
+        ``setup_wait_ms``. False: no slot in time (the call is to be shed)."""
+        if self.setups < self.settings.max_setups and not self._setup_line:
+            self.setups += 1
+            return True
+        if self.settings.setup_wait_ms <= 0 or self.settings.max_setups <= 0:
+            return False
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._setup_line.append(turn)
+        try:
+            async with asyncio.timeout(self.settings.setup_wait_ms / 1000):
+                await turn
+        except TimeoutError:
+            # the wait was cancelled, and with it `turn`, unless a slot was handed over first
+            if turn.done() and not turn.cancelled():
+                self.waited += 1
+                return True
+            self._leave_line(turn)
+            return False
+        except BaseException:  # cancelled while in line: give back a slot handed over meanwhile
+            if turn.done() and not turn.cancelled():
+                self._free_setup_slot()
+            self._leave_line(turn)
+            raise
+        self.waited += 1
+        return True
+
+    def _leave_line(self, turn: asyncio.Future[None]) -> None:
+        if turn in self._setup_line:
+            self._setup_line.remove(turn)
+
+    def _free_setup_slot(self) -> None:
+        """A set-up slot frees: it goes to the first call in line, else back to the pool."""
+        while self._setup_line:
+            turn = self._setup_line.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.setups -= 1
+
     def _leave_setup(self, state: CallState) -> None:
         if state.in_setup:
             state.in_setup = False
-            self.setups -= 1
+            self._free_setup_slot()
 
     async def _shed(self, session: AgiSession) -> None:
-        """Refuse a call at once, without touching the database: callgate is overloaded."""
+        """Refuse a call without touching the database: callgate is overloaded."""
         self.shed += 1
         call_metrics.observe_shed()
         calls_log.warning(
-            "uniqueid=%s status=ERROR note='overloaded: %d calls in set-up'",
+            "uniqueid=%s status=ERROR note='overloaded: %d calls in set-up, %d waiting'",
             session.env.uniqueid,
             self.setups,
+            len(self._setup_line),
         )
         try:
             await session.set_variable("CALLGATE_STATUS", "ERROR")
@@ -1005,6 +1054,7 @@ def flow_settings(settings: Settings) -> FlowSettings:
         timezone=billing.timezone,
         server=settings.server_name or socket.gethostname(),
         max_setups=settings.agi.max_setups,
+        setup_wait_ms=settings.agi.setup_wait_ms,
         recordings_dir=settings.wholesale.recordings_dir,
         source_address_exprs=(
             ("PJSIP", settings.wholesale.source_address_pjsip),
