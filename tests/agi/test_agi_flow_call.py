@@ -495,3 +495,23 @@ async def test_a_call_cancelled_in_line_gives_back_a_slot_handed_to_it(engine: A
         await handed
     assert flows.setups == 0 and flows.waited == 0
     assert await flows._admitted() and flows.setups == 1  # the slot is free again, at once
+
+
+async def test_a_newcomer_is_refused_at_once_when_the_line_is_as_long_as_the_slots(
+    engine: AsyncEngine,
+) -> None:
+    flows = CallFlows(
+        accounts=SqlAccounts(engine),
+        plans=RoutingData(engine, lambda plan_id: None),
+        ledger=SqlLedger(engine, grace_seconds=60),
+        settings=FlowSettings(max_setups=2, setup_wait_ms=60_000),
+    )
+    assert await flows._admitted() and await flows._admitted()  # both slots
+    line = [asyncio.create_task(flows._admitted()) for _ in range(2)]
+    await asyncio.sleep(0)  # both queued
+    async with asyncio.timeout(1):  # not after the 60 s wait: at once
+        assert not await flows._admitted()
+    flows._free_setup_slot()
+    flows._free_setup_slot()
+    assert [await task for task in line] == [True, True]
+    assert flows.setups == 2 and flows.waited == 2

@@ -135,9 +135,10 @@ class FlowSettings:
     # SIP source address of a call per channel technology (IP authentication)
     recordings_dir: str = ""
     # direct-dial calls allowed between their header and their Dial at once; beyond it a new
-    # call waits in line for a slot up to setup_wait_ms, then is refused (cause 42) instead of
-    # queueing for the database until everything times out: a burst waits a moment, a lasting
-    # overload is refused and the calls admitted keep their set-up time
+    # call waits in line for a slot up to setup_wait_ms (at most max_setups calls wait), else is
+    # refused (cause 42) instead of queueing for the database until everything times out: a
+    # burst waits a moment, a lasting overload is refused and the calls admitted keep their
+    # set-up time
     max_setups: int = 50
     setup_wait_ms: int = 200
     source_address_exprs: tuple[tuple[str, str], ...] = (
@@ -517,12 +518,12 @@ class CallFlows:
 
     async def _admitted(self) -> bool:
         """Take a set-up slot: at once when one is free and nobody waits, else in line for up to
-        ``setup_wait_ms``. False: no slot in time (the call is to be shed)."""
+        ``setup_wait_ms``; at most ``max_setups`` calls wait. False: no slot (to be shed)."""
         if self.setups < self.settings.max_setups and not self._setup_line:
             self.setups += 1
             return True
-        if self.settings.setup_wait_ms <= 0 or self.settings.max_setups <= 0:
-            return False
+        if self.settings.setup_wait_ms <= 0 or len(self._setup_line) >= self.settings.max_setups:
+            return False  # a line as long as the slots are many: the overload lasts, shed now
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._setup_line.append(turn)
         try:
