@@ -91,6 +91,11 @@ CALLS_SHED = Counter(
     "Calls refused because agi.max_setups calls were in set-up for agi.setup_wait_ms (overload)",
     registry=REGISTRY,
 )
+CALLS_SETUP_WAITED = Counter(
+    "callgate_calls_setup_waited",
+    "Calls that waited in line for a set-up slot (agi.max_setups were in set-up) and got one",
+    registry=REGISTRY,
+)
 CALL_ATTEMPTS = Counter(
     "callgate_call_attempts",
     "Calls that reached a call flow (CPS = rate of this)",
@@ -227,6 +232,11 @@ def status_label(status: str) -> str:
 
 
 # -- observations (the call flow calls these) -------------------------------------------------
+
+
+def observe_setup_wait() -> None:
+    """A call waited in line for a set-up slot and got one."""
+    CALLS_SETUP_WAITED.inc()
 
 
 def observe_shed() -> None:

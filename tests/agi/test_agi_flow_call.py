@@ -403,6 +403,7 @@ async def test_a_call_beyond_max_setups_waits_in_line_for_setup_wait_ms(
     await server.start()
     asterisk = FakeAsterisk("127.0.0.1", server.port)
     shed_before = metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0
+    waited_before = metrics.REGISTRY.get_sample_value("callgate_calls_setup_waited_total") or 0
     in_setup = asyncio.Event()
     slow = _SlowBeforeDial(_spec("burst-1", accountcode="1000000009"), 400, in_setup)
     second = _emulator(_spec("burst-2", accountcode="1000000009"))
@@ -417,13 +418,16 @@ async def test_a_call_beyond_max_setups_waits_in_line_for_setup_wait_ms(
     assert second_result.ok
     assert flows.setups == 0  # every slot came back
     shed = (metrics.REGISTRY.get_sample_value("callgate_calls_shed_total") or 0) - shed_before
+    waited = (
+        metrics.REGISTRY.get_sample_value("callgate_calls_setup_waited_total") or 0
+    ) - waited_before
     if second_dials:  # it waited about 400 ms for the first call's slot, then dialled
         assert len(second.dials) == 1 and second.variables["CALLGATE_STATUS"] == "OK"
-        assert flows.waited == 1 and flows.shed == 0 and shed == 0
+        assert flows.waited == 1 and waited == 1 and flows.shed == 0 and shed == 0
         assert second_result.setup_ms is not None and second_result.setup_ms >= 300
     else:  # no slot within 50 ms: refused, nothing written for it
         assert second.dials == [] and second.variables["CALLGATE_HANGUPCAUSE"] == "42"
-        assert flows.waited == 0 and flows.shed == 1 and shed == 1
+        assert flows.waited == 0 and waited == 0 and flows.shed == 1 and shed == 1
         async with engine.connect() as conn:
             rows = (await conn.execute(select(calls.c.uniqueid))).scalars().all()
         assert rows == ["burst-1"]

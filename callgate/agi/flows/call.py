@@ -532,7 +532,7 @@ class CallFlows:
         except TimeoutError:
             # the wait was cancelled, and with it `turn`, unless a slot was handed over first
             if turn.done() and not turn.cancelled():
-                self.waited += 1
+                self._waited_in_line()
                 return True
             self._leave_line(turn)
             return False
@@ -541,8 +541,12 @@ class CallFlows:
                 self._free_setup_slot()
             self._leave_line(turn)
             raise
-        self.waited += 1
+        self._waited_in_line()
         return True
+
+    def _waited_in_line(self) -> None:
+        self.waited += 1
+        call_metrics.observe_setup_wait()
 
     def _leave_line(self, turn: asyncio.Future[None]) -> None:
         if turn in self._setup_line:
