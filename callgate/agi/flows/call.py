@@ -536,7 +536,7 @@ class CallFlows:
                 return True
             self._leave_line(turn)
             return False
-        except BaseException:  # cancelled while in line: give back a slot handed over meanwhile
+        except asyncio.CancelledError:  # cancelled in line: give back a slot handed over meanwhile
             if turn.done() and not turn.cancelled():
                 self._free_setup_slot()
             self._leave_line(turn)
