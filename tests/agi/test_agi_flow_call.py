@@ -476,14 +476,18 @@ async def test_two_asterisk_servers_may_issue_the_same_uniqueid(harness: Harness
         await server.shutdown(1)
 
 
-async def test_a_call_cancelled_in_line_gives_back_a_slot_handed_to_it(engine: AsyncEngine) -> None:
-    routing = RoutingData(engine, lambda plan_id: None)
-    flows = CallFlows(
+def _flows_without_plans(engine: AsyncEngine, *, max_setups: int, setup_wait_ms: int) -> CallFlows:
+    """Flows for the set-up line alone (no call reaches the database)."""
+    return CallFlows(
         accounts=SqlAccounts(engine),
-        plans=routing,
+        plans=RoutingData(engine, lambda plan_id: None),
         ledger=SqlLedger(engine, grace_seconds=60),
-        settings=FlowSettings(max_setups=1, setup_wait_ms=5000),
+        settings=FlowSettings(max_setups=max_setups, setup_wait_ms=setup_wait_ms),
     )
+
+
+async def test_a_call_cancelled_in_line_gives_back_a_slot_handed_to_it(engine: AsyncEngine) -> None:
+    flows = _flows_without_plans(engine, max_setups=1, setup_wait_ms=5000)
     assert await flows._admitted()  # the one slot
     waiting = asyncio.create_task(flows._admitted())
     await asyncio.sleep(0)  # it queued
@@ -504,12 +508,7 @@ async def test_a_call_cancelled_in_line_gives_back_a_slot_handed_to_it(engine: A
 async def test_a_newcomer_is_refused_at_once_when_the_line_is_as_long_as_the_slots(
     engine: AsyncEngine,
 ) -> None:
-    flows = CallFlows(
-        accounts=SqlAccounts(engine),
-        plans=RoutingData(engine, lambda plan_id: None),
-        ledger=SqlLedger(engine, grace_seconds=60),
-        settings=FlowSettings(max_setups=2, setup_wait_ms=60_000),
-    )
+    flows = _flows_without_plans(engine, max_setups=2, setup_wait_ms=60_000)
     assert await flows._admitted() and await flows._admitted()  # both slots
     line = [asyncio.create_task(flows._admitted()) for _ in range(2)]
     await asyncio.sleep(0)  # both queued
