@@ -7,6 +7,10 @@ with the ``call_path`` fixture (tests/conftest.py) skips ``lean`` on the others.
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.cli.runtime import CallPath, open_call_path
@@ -26,3 +30,30 @@ async def open_test_call_path(
     database; close it with ``await path.close()``."""
     settings = Settings(database=DbSettings(call_path=name))
     return await open_call_path(settings, engine, grace_seconds=grace_seconds, server=server)
+
+
+def every_account_field(expires_at: datetime) -> dict[str, Any]:
+    """``create_account`` arguments that set every field of an account a caller can set to a
+    value other than its default: a lean ledger's decoding of an account row is checked
+    against the core's field by field."""
+    return {
+        "alias": "Every",
+        **{name: f"{name}-x" for name in ("first_name", "last_name", "company", "phone")},
+        **{name: f"{name}-y" for name in ("address", "city", "state", "country", "zipcode")},
+        "email": "every@example.com",
+        "website": "https://example.com",
+        "paypal_email": "pay@example.com",
+        "status": "suspended",
+        "language": "fr",
+        "debit_limit": Decimal("3.25"),
+        "minimum_payment": Decimal("1.5"),
+        "tax_percent": Decimal("19.6"),
+        "portal_access": False,
+        "channel_limit": 3,
+        "cps_limit": 2,
+        "expiry_mode": "at_date",
+        "expires_at": expires_at,
+        "expiry_days": 30,
+        "public_notes": "public",
+        "private_notes": "private",
+    }

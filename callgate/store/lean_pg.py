@@ -62,7 +62,7 @@ from sqlalchemy.engine import URL
 from callgate.schema.tables import ReservationStatus, accounts, calls
 from callgate.schema.types import MONEY_PLACES, Money, UtcDateTime
 from callgate.store._errors_map import rolled_back_by_conflict
-from callgate.store.accounts import Account, account_from_row
+from callgate.store.accounts import ACCOUNT_FIELD_NAMES, Account, account_from_values
 from callgate.store.callstore import caller_account
 from callgate.store.errors import (
     ConflictError,
@@ -135,9 +135,10 @@ def _status_text(status: Any) -> str:
     return str(status.value)
 
 
-# the columns of ``accounts`` an Account holds
-_ACCOUNT_FIELDS = {f.name for f in dataclasses.fields(Account)}
-_ACCOUNT_COLUMNS = ", ".join(f"a.{c.name}" for c in accounts.c if c.name in _ACCOUNT_FIELDS)
+# the columns of ``accounts`` an Account holds, in the order of its fields: every query that
+# reads an account starts with them, so a row's first columns are its constructor's arguments
+_ACCOUNT_COLUMNS = ", ".join(f"a.{accounts.c[name].name}" for name in ACCOUNT_FIELD_NAMES)
+_ACCOUNT_WIDTH = len(ACCOUNT_FIELD_NAMES)
 # the billing record: one column of ``calls`` per field of CallRecord, each with its encoder
 _CALL_FIELDS: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
     (f.name, _status_text if f.name == "status" else _encoder(calls.c[f.name].type))
@@ -347,7 +348,7 @@ def _check_counts(account: Account, limits: Limits, row: asyncpg.Record) -> None
 
 
 def _account(row: asyncpg.Record) -> Account:
-    return account_from_row({name: row[name] for name in _ACCOUNT_FIELDS if name in row})
+    return account_from_values(list(row[:_ACCOUNT_WIDTH]))
 
 
 class LeanPostgres:

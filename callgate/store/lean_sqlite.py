@@ -55,7 +55,7 @@ from callgate.schema.types import (
     utc_to_sqlite,
 )
 from callgate.store._errors_map import translate
-from callgate.store.accounts import Account, account_from_row
+from callgate.store.accounts import ACCOUNT_FIELD_NAMES, Account, account_from_values
 from callgate.store.callstore import caller_account
 from callgate.store.db import SQLITE_BUSY_TIMEOUT_MS, writer_lock
 from callgate.store.errors import ConflictError, NotFoundError, StoreUnavailableError
@@ -106,11 +106,17 @@ def _encoder(column_type: Any) -> Decoder | None:
 
 
 # the columns of ``accounts`` an Account holds, each with its decoder (from the schema's types)
-_ACCOUNT_FIELDS = {f.name for f in dataclasses.fields(Account)}
+# (in the order of Account's fields: a row is its constructor's arguments)
 _ACCOUNT_DECODERS: tuple[tuple[str, Decoder | None], ...] = tuple(
-    (c.name, _decoder(c.type)) for c in accounts.c if c.name in _ACCOUNT_FIELDS
+    (name, _decoder(accounts.c[name].type)) for name in ACCOUNT_FIELD_NAMES
 )
 _ACCOUNT_COLUMNS = ", ".join(f"accounts.{name}" for name, _ in _ACCOUNT_DECODERS)
+# the positions of the columns to decode (portal_access: account_from_values makes it a bool)
+_DECODE_AT: tuple[tuple[int, Decoder], ...] = tuple(
+    (at, decode)
+    for at, (name, decode) in enumerate(_ACCOUNT_DECODERS)
+    if decode is not None and decode is not bool
+)
 # the billing record: one column of ``calls`` per field of CallRecord, with its encoder
 _CALL_ENCODERS: tuple[tuple[str, Decoder | None], ...] = tuple(
     (f.name, _status_text if f.name == "status" else _encoder(calls.c[f.name].type))
@@ -171,11 +177,12 @@ class _Busy(Exception):
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    values = {
-        name: value if decode is None or value is None else decode(value)
-        for (name, decode), value in zip(_ACCOUNT_DECODERS, row, strict=True)
-    }
-    return account_from_row(values)
+    values = list(row)
+    for at, decode in _DECODE_AT:
+        value = values[at]
+        if value is not None:
+            values[at] = decode(value)
+    return account_from_values(values)
 
 
 def _call_values(record: CallRecord) -> tuple[Any, ...]:

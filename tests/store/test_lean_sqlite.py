@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from call_paths import every_account_field
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.config import SettingsError, load_settings
 from callgate.rating import Rate, buy_cost, cost, max_duration
 from callgate.schema.tables import (
+    AccountStatus,
     CallStatus,
     ReservationStatus,
     accounts,
@@ -36,7 +38,7 @@ from callgate.schema.tables import (
     reservations,
 )
 from callgate.store import accounts as acc
-from callgate.store import ledger, plans
+from callgate.store import lean_sqlite, ledger, plans
 from callgate.store.callstore import SqlAccounts, SqlLedger
 from callgate.store.cdrs import AsteriskCdr, store_cdrs
 from callgate.store.channels import LiveChannel, write_channels
@@ -354,6 +356,27 @@ async def test_lookups_answer_as_the_core_lookup(lean_db: Lean) -> None:
     assert await lean_db.lean.find_by_id(alice.id) == await core.find_by_id(alice.id)
     assert await lean_db.lean.find_by_id(999_999) is None
     assert await lean_db.lean.find_by_pin("") is None
+
+
+async def test_an_account_row_decodes_as_the_core_reads_it_field_by_field(lean_db: Lean) -> None:
+    engine = lean_db.engine
+    every = await _account(engine, "7.125", **every_account_field(T0))
+    async with write_transaction(engine) as conn:
+        await conn.execute(
+            update(accounts)
+            .where(accounts.c.id == every.id)
+            .values(first_use_at=T0, last_use_at=T0 + timedelta(hours=1), call_count=4)
+        )
+    async with engine.connect() as conn:
+        core = await acc.fetch_account(conn, every.id)
+    row = lean_db.lean._conn.execute(lean_sqlite._BY_ID, (every.id,)).fetchone()
+    lean = lean_sqlite._account(row)
+    assert lean == core
+    assert (lean.status, lean.portal_access, lean.last_use_at) == (
+        AccountStatus.SUSPENDED,
+        False,
+        T0 + timedelta(hours=1),
+    )
 
 
 # ---------------------------------------------------------------- one writer
