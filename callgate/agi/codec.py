@@ -125,13 +125,16 @@ def parse_header_block(data: bytes) -> AgiEnv:
     Raises `AgiProtocolError` for a line that is not ``agi_<name>: <value>``, a duplicate name,
     a gap in ``agi_arg_N`` or an empty block.
     """
-    text_lines = data.split(b"\n")
+    # One decode for the block (every call parses one, some 25 lines): a UTF-8 sequence never
+    # holds the LF byte, so it decodes line by line as it would (decode_line) one line at a time.
+    lines = data.decode("utf-8", errors="replace").split("\n")
     raw: dict[str, str] = {}
     args: dict[int, str] = {}
-    for number, line_bytes in enumerate(text_lines, start=1):
-        line = decode_line(line_bytes)
+    for number, line in enumerate(lines, start=1):
+        if line[-1:] == "\r":
+            line = line[:-1]
         if line == "":
-            if any(rest.strip() for rest in text_lines[number:]):
+            if any(rest.strip() for rest in data.split(b"\n")[number:]):
                 raise AgiProtocolError(f"header line {number}: data after the end of the header")
             break
         if not line.startswith("agi_"):
@@ -139,22 +142,23 @@ def parse_header_block(data: bytes) -> AgiEnv:
         name, sep, value = line[4:].partition(":")
         if not sep or not name or " " in name:
             raise AgiProtocolError(f"header line {number}: malformed: {line[:80]!r}")
-        if value.startswith(" "):
+        if value[:1] == " ":
             value = value[1:]
         if name in raw:
             raise AgiProtocolError(f"header line {number}: duplicate agi_{name}")
         raw[name] = value
-        match = _ARG_KEY.fullmatch(name)
-        if match:
-            args[int(match.group(1))] = value
+        if name.startswith("arg_"):
+            match = _ARG_KEY.fullmatch(name)
+            if match:
+                args[int(match.group(1))] = value
     if not raw:
         raise AgiProtocolError("empty header block")
-    if sorted(args) != list(range(1, len(args) + 1)):
+    if args and sorted(args) != list(range(1, len(args) + 1)):
         raise AgiProtocolError(f"agi_arg_N are not numbered 1..N: {sorted(args)}")
 
     def get(name: str) -> str:
         value = raw.get(name, "")
-        if name in _UNKNOWN_MEANS_EMPTY and value == "unknown":
+        if value == "unknown" and name in _UNKNOWN_MEANS_EMPTY:
             return ""
         return value
 
@@ -164,7 +168,7 @@ def parse_header_block(data: bytes) -> AgiEnv:
         parts = urlsplit(raw.get("request", ""))
         network_script = parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
     path, _, query_string = network_script.partition("?")
-    query = dict(parse_qsl(query_string, keep_blank_values=True))
+    query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
     return AgiEnv(
         network_script=network_script,
         script=path.lstrip("/"),

@@ -8,6 +8,7 @@ closes it and a lingering session keeps the channel alive (DESIGN.md §5).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
@@ -46,15 +47,23 @@ def _parse_allow(allow: Sequence[str]) -> tuple[_IpNetwork, ...]:
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in allow)
 
 
-def _normal_address(text: str) -> str:
-    """An address as the key of a call: ``::ffff:10.0.0.5`` is ``10.0.0.5``, no zone id."""
+@functools.lru_cache(maxsize=4096)  # every call parses its Asterisk's address: a few boxes
+def _ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address (``::ffff:10.0.0.5`` is ``10.0.0.5``, no zone id); None if it is none."""
     try:
         address = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        return text
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+        return address.ipv4_mapped
+    return address
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_address(text: str) -> str:
+    """An address as the key of a call: ``::ffff:10.0.0.5`` is ``10.0.0.5``, no zone id."""
+    address = _ip_of(text)
+    return text if address is None else str(address)
 
 
 def parse_system_names(items: Sequence[str]) -> dict[str, str]:
@@ -238,13 +247,8 @@ class AgiServer:
             return True
         if not isinstance(peer, tuple) or not peer:
             return False
-        try:
-            address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allow)
+        address = _ip_of(str(peer[0]))
+        return address is not None and any(address in network for network in self._allow)
 
     def _refuse(self, writer: asyncio.StreamWriter, outcome: ConnectionOutcome) -> None:
         self.rejected_connections += 1

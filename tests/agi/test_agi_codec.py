@@ -84,6 +84,18 @@ def test_header_leading_slash_is_not_part_of_the_script() -> None:
     assert parse_header_block(b"agi_network_script: /call?x=1\n\n").script == "call"
 
 
+def test_header_lines_ending_in_crlf_with_bytes_that_are_not_utf8() -> None:
+    block = (
+        b"agi_network_script: call\r\nagi_calleridname: Jos\xe9 \xe2\x82\r\nagi_arg_1: \xff\r\n\r\n"
+    )
+    env = parse_header_block(block)
+    # each line decoded on its own, the bad bytes replaced; the CR is not part of the value
+    assert (env.script, env.calleridname, env.args) == ("call", "Jos\ufffd \ufffd", ("\ufffd",))
+    assert env.query == {}
+    with pytest.raises(AgiProtocolError, match="after the end"):  # NBSP is not a blank here
+        parse_header_block(b"agi_network_script: call\n\n\xc2\xa0\n")
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [
