@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 
 from callgate.agi.client import AsteriskEmulator, ChannelSpec, DialOutcome, LoadResult, run_load
 from callgate.agi.server import AgiServer
@@ -136,14 +137,16 @@ async def measure_in_process(mode: str, calls: int, concurrency: int) -> LoadRes
             await raw.wait_closed()
 
 
-async def measure(mode: str, calls: int, concurrency: int) -> LoadResult:
+@contextlib.asynccontextmanager
+async def bare_server(mode: str, max_sessions: int) -> AsyncIterator[tuple[int, int]]:
+    """The bare server (``mode`` "raw" or "agi") in a child process: yields (port, pid)."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
         "--serve",
         mode,
         "--max-sessions",
-        str(concurrency * 2),
+        str(max_sessions),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -151,6 +154,19 @@ async def measure(mode: str, calls: int, concurrency: int) -> LoadResult:
     try:
         async with asyncio.timeout(30):
             port = int(await child.stdout.readline())
+        yield port, child.pid
+    finally:
+        child.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await child.wait()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+
+async def measure(mode: str, calls: int, concurrency: int) -> LoadResult:
+    async with bare_server(mode, concurrency * 2) as (port, _pid):
         await run_load(
             "127.0.0.1",
             port,
@@ -165,14 +181,6 @@ async def measure(mode: str, calls: int, concurrency: int) -> LoadResult:
             concurrency=concurrency,
             responder_factory=responder,
         )
-    finally:
-        child.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await child.wait()
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
 
 
 async def main() -> None:

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the benchmark measures the checkout it lives in (and its serve child imports the same one)
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+from agi_bare import bare_server
 from agi_bare import measure as measure_bare
 
 from callgate.agi.client import (
@@ -100,11 +101,13 @@ def pg_backends(database: str) -> list[int]:
 
 
 class CpuMeter:
-    """CPU of the callgate process and of the database server over one phase of the run."""
+    """CPU of the callgate process, of the database server and of this process (the fake
+    Asterisk) over one phase of the run."""
 
     def __init__(self, server_pid: int, pg_database: str | None) -> None:
         self.server_pid, self.pg_database = server_pid, pg_database
         self._before: tuple[float, dict[int, float]] = (0.0, {})
+        self._client_before = 0.0
 
     def _snapshot(self) -> tuple[float, dict[int, float]]:
         backends: dict[int, float] = {}
@@ -117,6 +120,17 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = self._snapshot()
+        self._client_before = time.process_time()
+
+    def server_ms(self, calls: int) -> float:
+        """The server process's CPU per call since :meth:`start`."""
+        used = (cpu_seconds(self.server_pid) or 0.0) - self._before[0]
+        return used * 1000 / max(calls, 1)
+
+    def client_ms(self, calls: int) -> float:
+        """This process's CPU per call since :meth:`start` (the fake Asterisk and the
+        benchmark's own bookkeeping)."""
+        return (time.process_time() - self._client_before) * 1000 / max(calls, 1)
 
     def report(self, result: LoadResult) -> str:
         """CPU ms per call of the phase (every call, a refused one too); the callgate process
@@ -138,7 +152,8 @@ class CpuMeter:
             )
         return (
             f"   CPU per call: callgate process {server_ms:.2f} ms ({per_dialled:.2f} ms per "
-            f"dialled call), {database}"
+            f"dialled call), {database}; the fake Asterisk (this process) "
+            f"{self.client_ms(result.calls):.2f} ms"
         )
 
 
@@ -366,6 +381,25 @@ async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
     return before, during, in_dial
 
 
+async def bare_at_rate(rate: int, seconds: float) -> str:
+    """The same open loop against the bare asyncio server: the latency and the CPU the
+    benchmark itself (the fake Asterisk, the loopback, a server that does nothing) costs at this
+    rate, to read callgate's figures against."""
+    async with bare_server("raw", max_sessions=12_000) as (port, pid):
+        meter = CpuMeter(pid, None)
+        meter.start()
+        result = await open_loop(port, rate, seconds)
+        server_ms = meter.server_ms(result.calls)
+    p = LoadResult.percentile
+    return (
+        f"   the bare asyncio server at the same rate: {len(result.setup_ms)} of {result.calls}"
+        f" dialled, header->Dial p50 {p(result.setup_ms, 50):.1f} ms"
+        f" p99 {p(result.setup_ms, 99):.1f} ms; CPU per call: the bare server {server_ms:.2f} ms,"
+        " the fake Asterisk"
+        f" {meter.client_ms(result.calls):.2f} ms"
+    )
+
+
 def _fmt(result: LoadResult) -> str:
     p = LoadResult.percentile
     dialled = len(result.setup_ms)
@@ -431,6 +465,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
                     flush=True,
                 )
                 print(cpu.report(offered), flush=True)
+                print(await bare_at_rate(rate, args.seconds), flush=True)
         if args.held:  # a fresh server: the overload of the last run must not linger
             async with Server(url, _free_port(), log.with_suffix(".held.log")) as server:
                 before, during, seen = await held_calls(server, args.held)
