@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import socket
+import time
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import REGISTRY
 
 from callgate.agi.client import (
     AsteriskEmulator,
@@ -18,7 +24,7 @@ from callgate.agi.client import (
     FakeAsterisk,
     build_header_block,
 )
-from callgate.agi.codec import AgiReply
+from callgate.agi.codec import AgiReply, parse_header_block
 from callgate.agi.errors import (
     AgiCommandError,
     AgiError,
@@ -27,7 +33,13 @@ from callgate.agi.errors import (
     AgiTimeout,
 )
 from callgate.agi.server import AgiServer
-from callgate.agi.session import AgiSession, UniqueidLogFilter, current_uniqueid
+from callgate.agi.session import (
+    DEADLINE_TICK_S,
+    AgiSession,
+    UniqueidLogFilter,
+    _deadlines_of,
+    current_uniqueid,
+)
 
 DEADLINE_S = 5.0
 Flow = Callable[[AgiSession], Awaitable[None]]
@@ -307,6 +319,165 @@ async def test_cancelled_command_breaks_the_session_and_propagates() -> None:
     received = await run_scripted(["read", "eof?"], flow)
     assert states == ["cancelled", True, "refused"]
     assert received == ["NOOP\n"]
+
+
+# --------------------------------------------------------------------------- deadlines
+
+#: how late a deadline may fire on a busy machine, on top of the sweep's tick
+SLACK_S = 0.25
+
+
+def _timeouts_counted() -> float:
+    return REGISTRY.get_sample_value("callgate_agi_command_timeouts_total") or 0.0
+
+
+async def test_no_reply_times_out_within_the_deadline_plus_a_tick() -> None:
+    outcome = Outcome()
+    elapsed: list[float] = []
+    inner = one_command(outcome, "GET VARIABLE X", timeout_ms=300)
+
+    async def flow(s: AgiSession) -> None:
+        start = time.monotonic()
+        await inner(s)
+        elapsed.append(time.monotonic() - start)
+
+    before = _timeouts_counted()
+    await run_scripted(["read", "eof?"], flow)
+    assert isinstance(outcome.value, AgiTimeout)
+    assert str(outcome.value) == "no reply to 'GET VARIABLE X' within 300 ms"
+    assert outcome.broken
+    assert 0.3 <= elapsed[0] <= 0.3 + DEADLINE_TICK_S + SLACK_S
+    assert _timeouts_counted() == before + 1
+
+
+async def _started(s: AgiSession) -> None:
+    """Let a command task just created run to its read of the reply: its deadline waits."""
+    await asyncio.sleep(0)
+    assert s._deadline in _deadlines_of(asyncio.get_running_loop())._waiting
+
+
+async def _waiting_command(s: AgiSession) -> asyncio.Task[AgiReply]:
+    """Start a NOOP in its own task and return once its deadline waits in the loop's table."""
+    task = asyncio.create_task(s.command("NOOP"))
+    await _started(s)
+    return task
+
+
+async def test_deadline_expired_by_the_sweep_is_an_agi_timeout() -> None:
+    """The deterministic counterpart of the next test: the sweep alone makes an AgiTimeout."""
+    seen: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        task = await _waiting_command(s)
+        _deadlines_of(asyncio.get_running_loop()).sweep(s._deadline.when)
+        try:
+            await task
+        except AgiTimeout as exc:
+            seen.append(exc)
+        seen.append(s.broken)
+
+    await run_scripted(["read", "eof?"], flow)
+    assert len(seen) == 2 and isinstance(seen[0], AgiTimeout) and seen[1] is True
+
+
+@pytest.mark.parametrize("cancel_first", [False, True])
+async def test_a_cancel_arriving_with_the_deadline_stays_a_cancel(cancel_first: bool) -> None:
+    seen: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        task = await _waiting_command(s)
+        table = _deadlines_of(asyncio.get_running_loop())
+        # both in one step of the loop: the task sees them together
+        if cancel_first:
+            task.cancel()
+        table.sweep(s._deadline.when)
+        if not cancel_first:
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+        except AgiTimeout:
+            seen.append("timeout")
+        seen.append(s.broken)
+
+    before = _timeouts_counted()
+    await run_scripted(["read", "eof?"], flow)
+    assert seen == ["cancelled", True]
+    assert _timeouts_counted() == before
+
+
+async def test_the_callers_timeout_expiring_with_the_deadline_is_the_callers() -> None:
+    """An ``asyncio.timeout`` around the command that expires with the command's deadline
+    raises the caller's plain TimeoutError (its cancellation was not ours), not AgiTimeout."""
+    seen: list[object] = []
+
+    async def flow(s: AgiSession) -> None:
+        scopes: list[asyncio.Timeout] = []
+
+        async def guarded() -> AgiReply:
+            async with asyncio.timeout(None) as outer:
+                scopes.append(outer)
+                return await s.command("NOOP")
+
+        task = asyncio.create_task(guarded())
+        await _started(s)
+        table = _deadlines_of(asyncio.get_running_loop())
+        scopes[0].reschedule(asyncio.get_running_loop().time())  # expires on the next step
+        table.sweep(s._deadline.when)
+        try:
+            await task
+        except AgiTimeout:
+            seen.append("agi timeout")
+        except TimeoutError:
+            seen.append("caller's timeout")
+        seen.append(s.broken)
+
+    await run_scripted(["read", "eof?"], flow)
+    assert seen == ["caller's timeout", True]
+
+
+async def test_after_many_commands_the_deadline_table_is_empty_and_its_timer_gone() -> None:
+    async def flow(s: AgiSession) -> None:
+        for i in range(100):
+            await s.set_variable("N", i)
+        await s.wait_hangup(1)  # a wait that times out leaves nothing either
+
+    async with serving(flow) as server:
+        for _ in range(3):
+            assert (await FakeAsterisk("127.0.0.1", server.port).call()).ok
+    loop = asyncio.get_running_loop()
+    table = _deadlines_of(loop)
+    assert len(table) == 0
+    await asyncio.sleep(2 * DEADLINE_TICK_S + 0.05)  # the timer lapses one tick after the last
+    assert not table.armed
+    scheduled = getattr(loop, "_scheduled", [])  # the asyncio loop's timer heap
+    assert [h for h in scheduled if getattr(h, "_callback", None) == table._tick] == []
+
+
+def test_a_loop_abandoned_with_a_command_waiting_is_freed() -> None:
+    """The deadline table outlives no loop: closing a loop while a command waits (its task
+    never finishes) leaves nothing that keeps the loop, the task or the session alive."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
+    ours, peer = socket.socketpair()
+
+    async def start() -> tuple[asyncio.Task[AgiReply], AgiSession]:
+        reader, writer = await asyncio.open_connection(sock=ours)
+        session = AgiSession(reader, writer, parse_header_block(build_header_block(ChannelSpec())))
+        task = asyncio.create_task(session.command("NOOP"))
+        await _started(session)
+        return task, session
+
+    task, session = loop.run_until_complete(start())
+    refs: list[weakref.ref[object]] = [weakref.ref(loop), weakref.ref(task), weakref.ref(session)]
+    loop.close()
+    del loop, task, session
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the abandoned transport's socket
+        gc.collect()
+    peer.close()
+    assert [ref() for ref in refs] == [None, None, None]
 
 
 async def test_concurrent_commands_are_serialised() -> None:
