@@ -17,6 +17,7 @@ quotes what needs it; `split_command` is the exact inverse (what Asterisk would 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -316,10 +317,13 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)  # a call's replies are mostly the same few lines
 def parse_reply_line(line: str) -> AgiReply:
     """Parse a one-line final reply (``200 ...``, ``510 ...``, ``511 ...``, ``520 ...``, 5xx).
 
-    Multi-line ``520-`` replies, ``100`` and ``HANGUP`` lines need `ReplyReader`.
+    Multi-line ``520-`` replies, ``100`` and ``HANGUP`` lines need `ReplyReader`. The reply is
+    immutable, so the same line gives the same object (a line that is not a reply raises, and
+    is not remembered).
     """
     match = _CODE_LINE.fullmatch(line)
     if match is None or match.group(2) != " ":
