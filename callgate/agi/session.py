@@ -572,7 +572,7 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
     """Close a stream writer and wait (bounded) for the transport to go."""
     writer.close()
     try:
-        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+        with _Deadline().within(_CLOSE_TIMEOUT_S):
             await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
         log.debug("closing AGI socket: %r", exc)
