@@ -7,7 +7,7 @@ with the ``call_path`` fixture (tests/conftest.py) skips ``lean`` on the others.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.cli.runtime import CallPath, open_call_path
 from callgate.config import DbSettings, Settings
+from callgate.schema.tables import AccountStatus
+from callgate.store.accounts import Account
 
 LEAN_BACKENDS = frozenset({"pg", "sqlite"})
 
@@ -30,6 +32,23 @@ async def open_test_call_path(
     database; close it with ``await path.close()``."""
     settings = Settings(database=DbSettings(call_path=name))
     return await open_call_path(settings, engine, grace_seconds=grace_seconds, server=server)
+
+
+def used_at(at: datetime) -> dict[str, Any]:
+    """The columns a call writes on its account (first and last use, the count), set by hand
+    beside :func:`every_account_field`."""
+    return {"first_use_at": at, "last_use_at": at + timedelta(hours=1), "call_count": 4}
+
+
+def check_decoded(lean: Account, core: Account, at: datetime) -> None:
+    """A lean ledger's account equals the core's, field by field (an account made with
+    :func:`every_account_field` and :func:`used_at` at ``at``)."""
+    assert lean == core
+    assert (lean.status, lean.portal_access, lean.last_use_at) == (
+        AccountStatus.SUSPENDED,
+        False,
+        at + timedelta(hours=1),
+    )
 
 
 def every_account_field(expires_at: datetime) -> dict[str, Any]:

@@ -18,13 +18,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from call_paths import every_account_field
+from call_paths import check_decoded, every_account_field, used_at
 from conftest import _admin_execute, _pg_url_for
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.rating import Rate, cost, max_duration
-from callgate.schema.tables import AccountStatus, accounts, reservations
+from callgate.schema.tables import accounts, reservations
 from callgate.store import accounts as acc
 from callgate.store import lean_pg, plans
 from callgate.store.ledger import Limits
@@ -153,24 +153,14 @@ async def test_an_account_row_decodes_as_the_core_reads_it_field_by_field(
     stamp = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)
     every = await _account(engine, "7.125", **every_account_field(stamp))
     async with engine.begin() as conn:
-        await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == every.id)
-            .values(first_use_at=stamp, last_use_at=stamp + timedelta(hours=1), call_count=4)
-        )
+        await conn.execute(update(accounts).where(accounts.c.id == every.id).values(used_at(stamp)))
         core = await acc.fetch_account(conn, every.id)
     async with ledger._pool.acquire() as conn:
         by_id = await conn.fetchrow(lean_pg._BY_ID, every.id)
         # the locked read: the account's columns, then the state's
         locked = await conn.fetchrow(lean_pg._READ_LOCKED, every.id, 0, stamp, "", False, False)
-    assert lean_pg._account(by_id) == core
-    lean = lean_pg._account(locked)
-    assert lean == core
-    assert (lean.status, lean.portal_access, lean.last_use_at) == (
-        AccountStatus.SUSPENDED,
-        False,
-        stamp + timedelta(hours=1),
-    )
+    check_decoded(lean_pg._account(by_id), core, stamp)
+    check_decoded(lean_pg._account(locked), core, stamp)
 
 
 async def test_an_unchanged_state_reserves_on_the_first_read(

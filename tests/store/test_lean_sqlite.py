@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from call_paths import every_account_field
+from call_paths import check_decoded, every_account_field, used_at
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.config import SettingsError, load_settings
 from callgate.rating import Rate, buy_cost, cost, max_duration
 from callgate.schema.tables import (
-    AccountStatus,
     CallStatus,
     ReservationStatus,
     accounts,
@@ -362,21 +361,11 @@ async def test_an_account_row_decodes_as_the_core_reads_it_field_by_field(lean_d
     engine = lean_db.engine
     every = await _account(engine, "7.125", **every_account_field(T0))
     async with write_transaction(engine) as conn:
-        await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == every.id)
-            .values(first_use_at=T0, last_use_at=T0 + timedelta(hours=1), call_count=4)
-        )
+        await conn.execute(update(accounts).where(accounts.c.id == every.id).values(used_at(T0)))
     async with engine.connect() as conn:
         core = await acc.fetch_account(conn, every.id)
     row = lean_db.lean._conn.execute(lean_sqlite._BY_ID, (every.id,)).fetchone()
-    lean = lean_sqlite._account(row)
-    assert lean == core
-    assert (lean.status, lean.portal_access, lean.last_use_at) == (
-        AccountStatus.SUSPENDED,
-        False,
-        T0 + timedelta(hours=1),
-    )
+    check_decoded(lean_sqlite._account(row), core, T0)
 
 
 # ---------------------------------------------------------------- one writer
