@@ -111,11 +111,9 @@ _ACCOUNT_DECODERS: tuple[tuple[str, Decoder | None], ...] = tuple(
     (name, _decoder(accounts.c[name].type)) for name in ACCOUNT_FIELD_NAMES
 )
 _ACCOUNT_COLUMNS = ", ".join(f"accounts.{name}" for name, _ in _ACCOUNT_DECODERS)
-# the positions of the columns to decode (portal_access: account_from_values makes it a bool)
+# the positions of the columns to decode, with their decoders
 _DECODE_AT: tuple[tuple[int, Decoder], ...] = tuple(
-    (at, decode)
-    for at, (name, decode) in enumerate(_ACCOUNT_DECODERS)
-    if decode is not None and decode is not bool
+    (at, decode) for at, (_name, decode) in enumerate(_ACCOUNT_DECODERS) if decode is not None
 )
 # the billing record: one column of ``calls`` per field of CallRecord, with its encoder
 _CALL_ENCODERS: tuple[tuple[str, Decoder | None], ...] = tuple(
