@@ -79,6 +79,18 @@ async def ledger(db_url: str) -> AsyncIterator[Interleaved]:
         await gate.close()
 
 
+@pytest.fixture
+async def another(db_url: str) -> AsyncIterator[Interleaved]:
+    """The lean ledger of another server of the same database (a pool of its own)."""
+    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=2)
+    gate = Interleaved(pool, grace_seconds=GRACE)
+    gate.changes = []
+    try:
+        yield gate
+    finally:
+        await gate.close()
+
+
 async def _account(engine: AsyncEngine, balance: str, **extra: Any) -> acc.Account:
     async with engine.begin() as conn:
         plan = await plans.create_call_plan(conn, name=f"p{random.randrange(10**9)}")
@@ -195,14 +207,12 @@ async def test_a_balance_changed_between_read_and_insert_is_priced_again(
 
 
 async def test_a_reservation_of_another_call_between_read_and_insert_is_counted(
-    engine: AsyncEngine, ledger: Interleaved
+    engine: AsyncEngine, ledger: Interleaved, another: Interleaved
 ) -> None:
     account = await _account(engine, "1.00")
-    other = Interleaved(ledger._pool, grace_seconds=GRACE)
-    other.changes = []
 
     async def another_call() -> None:
-        await _reserve(other, account.id, "u0", price=lambda a: (30, Decimal("0.30")))
+        await _reserve(another, account.id, "u0", price=lambda a: (30, Decimal("0.30")))
 
     ledger.changes = [another_call]
     grant = await _reserve(ledger, account.id, "u1")
@@ -239,14 +249,12 @@ async def test_a_state_that_keeps_changing_takes_the_locked_path(
 
 
 async def test_a_channel_limit_reached_between_read_and_insert_refuses(
-    engine: AsyncEngine, ledger: Interleaved
+    engine: AsyncEngine, ledger: Interleaved, another: Interleaved
 ) -> None:
     account = await _account(engine, "5.00", channel_limit=1)
-    other = Interleaved(ledger._pool, grace_seconds=GRACE)
-    other.changes = []
 
     async def another_call() -> None:
-        await _reserve(other, account.id, "u0")
+        await _reserve(another, account.id, "u0")
 
     ledger.changes = [another_call]
     with pytest.raises(Refused, match="channel limit 1 reached"):
@@ -419,3 +427,66 @@ async def test_a_reserve_with_counts_the_lookup_did_not_read_reads_them(
     await _reserve(ledger, account.id, "u0", limits=limits)
     assert ledger.reads == 1
     assert [u for u, _ in await _open_reservations(engine, account.id)] == ["u0"]
+
+
+# ---------------------------------------------------------------- leased connections
+
+
+@pytest.fixture
+async def narrow(db_url: str) -> AsyncIterator[lean_pg.LeanPostgres]:
+    """The lean ledger on a pool of two connections."""
+    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=2)
+    gate = lean_pg.LeanPostgres(pool, grace_seconds=GRACE)
+    try:
+        yield gate
+    finally:
+        await gate.close()
+
+
+async def test_more_statements_than_connections_all_run_and_every_connection_comes_back(
+    engine: AsyncEngine, narrow: lean_pg.LeanPostgres
+) -> None:
+    account = await _account(engine, "1.00")
+    found = await asyncio.gather(*(narrow.find_by_id(account.id) for _ in range(30)))
+    assert {a.id for a in found if a is not None} == {account.id} and None not in found
+    leases = narrow._leases
+    assert 1 <= leases._out <= 2
+    assert len(leases._idle) == leases._out and not [w for w in leases._line if not w.done()]
+    async with asyncio.timeout(5):  # the idle ones go back, so the pool closes at once
+        await narrow.close()
+
+
+async def test_a_statement_that_fails_gives_its_connection_back_to_the_pool(
+    narrow: lean_pg.LeanPostgres,
+) -> None:
+    leases = narrow._leases
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await leases.run("fetchval", "SELECT 1 / 0")
+    assert (leases._out, leases._idle) == (0, [])
+    assert await leases.run("fetchval", "SELECT 2") == 2
+    assert leases._out == 1 and len(leases._idle) == 1
+
+
+async def test_a_connection_closed_while_idle_is_replaced(narrow: lean_pg.LeanPostgres) -> None:
+    leases = narrow._leases
+    assert await leases.run("fetchval", "SELECT 1") == 1
+    (idle,) = leases._idle
+    idle.terminate()  # as when the server or the network drops it
+    assert await leases.run("fetchval", "SELECT 3") == 3
+    assert leases._out == 1 and len(leases._idle) == 1 and not leases._idle[0].is_closed()
+
+
+async def test_a_connection_handed_to_a_statement_that_gave_up_goes_to_the_next(
+    narrow: lean_pg.LeanPostgres,
+) -> None:
+    leases = narrow._leases
+    first, second = await leases.get(), await leases.get()  # both connections out
+    waiting = asyncio.create_task(leases.get())
+    await asyncio.sleep(0)  # it waits in line
+    leases.put(first)  # handed to it...
+    waiting.cancel()  # ...which gives up before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert leases._idle == [first] and leases._out == 2
+    leases.put(second)
+    assert await leases.run("fetchval", "SELECT 4") == 4
