@@ -383,7 +383,9 @@ class _Leases:
         self._pool = pool
         self._size: int = pool.get_max_size()
         self._idle: list[asyncpg.Connection] = []
-        self._out = 0  # connections leased from the pool: idle here or running a statement
+        # leased from the pool: idle here, running a statement, or a slot handed to a statement
+        # that leases its connection
+        self._out = 0
         # statements waiting for a connection: each is handed one, or None (lease your own:
         # a connection went back to the pool)
         self._line: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
@@ -396,7 +398,9 @@ class _Leases:
             if not _closed(connection):
                 return connection
             await self.drop(connection)
-        if self._out >= self._size:
+        if self._out < self._size:
+            self._out += 1
+        else:
             waiter: asyncio.Future[asyncpg.Connection | None] = (
                 asyncio.get_running_loop().create_future()
             )
@@ -407,41 +411,50 @@ class _Leases:
                 )
             except BaseException:
                 if waiter.done() and not waiter.cancelled():  # handed over as it gave up
-                    self._pass_on(waiter.result())
+                    handed = waiter.result()
+                    if handed is None:
+                        self._free_slot()
+                    else:
+                        self.put(handed)
                 raise
             if handed is not None:
                 return handed
-        self._out += 1
+            # None: the slot of a connection that went back to the pool (counted in _out)
         try:
             connection = await self._pool.acquire(timeout=acquire_timeout)
         except BaseException:
-            self._out -= 1
-            self._pass_on(None)
+            self._free_slot()
             raise
         return connection
 
     def put(self, connection: asyncpg.Connection) -> None:
-        """Give back a connection whose statement succeeded (its transaction, if any, ended)."""
-        self._pass_on(connection)
-
-    async def drop(self, connection: asyncpg.Connection) -> None:
-        """Give a connection back to the pool (it met an error, or was closed)."""
-        self._out -= 1
-        try:
-            await self._pool.release(connection)
-        finally:
-            self._pass_on(None)
-
-    def _pass_on(self, connection: asyncpg.Connection | None) -> None:
-        """Hand a connection (or the right to lease one) to the first statement waiting; a
-        connection nobody waits for goes to ``_idle``."""
+        """Give back a connection whose statement succeeded (its transaction, if any, ended):
+        to the first statement waiting, else to ``_idle``."""
         while self._line:
             waiter = self._line.popleft()
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        if connection is not None:
-            self._idle.append(connection)
+        self._idle.append(connection)
+
+    async def drop(self, connection: asyncpg.Connection) -> None:
+        """Give a connection back to the pool (it met an error, or was closed)."""
+        try:
+            await self._pool.release(connection)
+        finally:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        """A leased connection went back to the pool (or was never leased): its slot goes to
+        the first statement waiting, which leases one itself, else it is free. Handing the slot
+        over, not freeing it, keeps a newcomer from taking it first: the pool has no more
+        connections than ``_size`` and the leased ones never go back while healthy."""
+        while self._line:
+            waiter = self._line.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._out -= 1
 
     async def run(
         self, method: str, query: str, *args: Any, command_timeout: float = COMMAND_TIMEOUT_SECONDS

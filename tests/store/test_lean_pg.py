@@ -490,3 +490,23 @@ async def test_a_connection_handed_to_a_statement_that_gave_up_goes_to_the_next(
     assert leases._idle == [first] and leases._out == 2
     leases.put(second)
     assert await leases.run("fetchval", "SELECT 4") == 4
+
+
+async def test_the_slot_of_a_dropped_connection_goes_to_the_statement_waiting_first(
+    narrow: lean_pg.LeanPostgres,
+) -> None:
+    leases = narrow._leases
+    first, second = await leases.get(), await leases.get()
+    waiting = asyncio.create_task(leases.get())
+    await asyncio.sleep(0)
+    await leases.drop(first)  # its slot goes to the statement waiting...
+    newcomer = asyncio.create_task(leases.get())  # ...not to one that comes after
+    async with asyncio.timeout(5):
+        mine = await waiting  # leased from the pool in that slot
+        assert not newcomer.done()
+        leases.put(second)
+        theirs = await newcomer
+    assert theirs is second and mine is not second and leases._out == 2
+    leases.put(mine)
+    leases.put(theirs)
+    assert await leases.run("fetchval", "SELECT 5") == 5 and leases._out == 2
