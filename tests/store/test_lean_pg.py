@@ -500,12 +500,10 @@ async def test_the_slot_of_a_dropped_connection_goes_to_the_statement_waiting_fi
     waiting = asyncio.create_task(leases.get())
     await asyncio.sleep(0)
     await leases.drop(first)  # its slot goes to the statement waiting...
-    newcomer = asyncio.create_task(leases.get())  # ...not to one that comes after
+    asyncio.get_running_loop().call_soon(leases.put, second)  # (a statement ending soon after)
     async with asyncio.timeout(5):
+        theirs = await leases.get()  # ...so a newcomer waits for the next connection put back
         mine = await waiting  # leased from the pool in that slot
-        assert not newcomer.done()
-        leases.put(second)
-        theirs = await newcomer
     assert theirs is second and mine is not second and leases._out == 2
     leases.put(mine)
     leases.put(theirs)
