@@ -9,6 +9,7 @@ reserve's read: the change is real SQL on a second connection, the reserve the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -68,27 +69,29 @@ class Interleaved(lean_pg.LeanPostgres):
         return row
 
 
-@pytest.fixture
-async def ledger(db_url: str) -> AsyncIterator[Interleaved]:
-    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=4)
+@contextlib.asynccontextmanager
+async def _interleaved(db_url: str, max_size: int) -> AsyncIterator[Interleaved]:
+    """The lean ledger on a pool of its own of ``max_size`` connections, closed at the end."""
+    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=max_size)
     gate = Interleaved(pool, grace_seconds=GRACE)
     gate.changes = []
     try:
         yield gate
     finally:
         await gate.close()
+
+
+@pytest.fixture
+async def ledger(db_url: str) -> AsyncIterator[Interleaved]:
+    async with _interleaved(db_url, 4) as gate:
+        yield gate
 
 
 @pytest.fixture
 async def another(db_url: str) -> AsyncIterator[Interleaved]:
     """The lean ledger of another server of the same database (a pool of its own)."""
-    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=2)
-    gate = Interleaved(pool, grace_seconds=GRACE)
-    gate.changes = []
-    try:
+    async with _interleaved(db_url, 2) as gate:
         yield gate
-    finally:
-        await gate.close()
 
 
 async def _account(engine: AsyncEngine, balance: str, **extra: Any) -> acc.Account:
@@ -435,12 +438,8 @@ async def test_a_reserve_with_counts_the_lookup_did_not_read_reads_them(
 @pytest.fixture
 async def narrow(db_url: str) -> AsyncIterator[lean_pg.LeanPostgres]:
     """The lean ledger on a pool of two connections."""
-    pool = await asyncpg.create_pool(lean_pg.asyncpg_dsn(db_url), min_size=1, max_size=2)
-    gate = lean_pg.LeanPostgres(pool, grace_seconds=GRACE)
-    try:
+    async with _interleaved(db_url, 2) as gate:
         yield gate
-    finally:
-        await gate.close()
 
 
 async def test_more_statements_than_connections_all_run_and_every_connection_comes_back(
