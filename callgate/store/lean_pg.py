@@ -430,12 +430,8 @@ class _Leases:
     def put(self, connection: asyncpg.Connection) -> None:
         """Give back a connection whose statement succeeded (its transaction, if any, ended):
         to the first statement waiting, else to ``_idle``."""
-        while self._line:
-            waiter = self._line.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
-        self._idle.append(connection)
+        if not self._hand_over(connection):
+            self._idle.append(connection)
 
     async def drop(self, connection: asyncpg.Connection) -> None:
         """Give a connection back to the pool (it met an error, or was closed)."""
@@ -449,12 +445,18 @@ class _Leases:
         the first statement waiting, which leases one itself, else it is free. Handing the slot
         over, not freeing it, keeps a newcomer from taking it first: the pool has no more
         connections than ``_size`` and the leased ones never go back while healthy."""
+        if not self._hand_over(None):
+            self._out -= 1
+
+    def _hand_over(self, handed: asyncpg.Connection | None) -> bool:
+        """Give ``handed`` (a connection, or None: a slot) to the first statement still
+        waiting; False when none waits."""
         while self._line:
             waiter = self._line.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._out -= 1
+                waiter.set_result(handed)
+                return True
+        return False
 
     async def run(
         self, method: str, query: str, *args: Any, command_timeout: float = COMMAND_TIMEOUT_SECONDS
