@@ -103,7 +103,9 @@ async def run(count: int) -> None:
                 assert not settled.already_settled, n
 
             async def round_trip(n: int) -> None:
-                await pool.fetchval("SELECT 1")
+                # through the leases, as the ledger's statements: the pool's one connection
+                # stays leased by them, so the pool itself has none to give
+                await lean._leases.run("fetchval", "SELECT 1")
 
             print(f"{count:,} of each on one connection (backend {backend_pid}):")
             await measure("account lookup (by number)", backend_pid, count, lookup)
