@@ -52,7 +52,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -60,6 +60,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import asyncpg
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 
 from callgate.schema.tables import ReservationStatus, accounts, calls
@@ -104,6 +105,10 @@ OPTIMISTIC_ATTEMPTS = 2
 # follows the lookup within milliseconds; a later one, or a stale state, only reads again)
 LOOKUP_STATE_SECONDS = 1.0
 LOOKUP_STATES_KEPT = 1024  # states of lookups not yet followed by their reserve, oldest dropped
+# settles waiting while others run go to the database together, in one statement (the module's
+# text): at most this many in one, and at most SETTLERS statements of settles at once
+SETTLE_BATCH_MAX = 32
+SETTLERS = 1
 
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 CPS_WINDOW = timedelta(seconds=1)  # a CPS limit counts the reservations made in the last second
@@ -257,6 +262,71 @@ charged AS (
 )
 SELECT (SELECT count(*) FROM locked) AS found, (SELECT count(*) FROM call) AS inserted,
   (SELECT count(*) FROM closed) AS closed, (SELECT balance FROM charged) AS balance
+"""
+# The settle of several calls in one statement: the same work as _SETTLE's, call by call in
+# the order given (n), with the same lock order (the accounts first, in the order of their ids,
+# so that two such statements never wait for each other in a cycle). $n are arrays, one per
+# CallRecord field and the closing times last, whose elements are the calls; no two calls have
+# one key (the caller sees to it). One row per call: whether its account was found, its billing
+# record inserted, its reservation closed, and the account's balance just after its charge as
+# the calls settled one by one would have left it (the balance after the statement plus what
+# the later calls of the account cost).
+_PG: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _array_type(column_type: Any) -> str:
+    """The element type of a column's array parameter, without its length or scale: a cast
+    to VARCHAR(n) would cut a longer text silently, the column's own assignment refuses it."""
+    name = str(column_type.compile(dialect=_PG)).partition("(")[0]
+    return "text" if name == "VARCHAR" else name
+
+
+_CALL_TYPES = [_array_type(calls.c[name].type) for name in _CALL_NAMES]
+_SETTLE_MANY = f"""
+WITH input AS (
+  SELECT * FROM unnest({", ".join(f"${n + 1}::{t}[]" for n, t in enumerate(_CALL_TYPES))},
+    {_CLOSED_AT}::timestamptz[]) WITH ORDINALITY AS t({", ".join(_CALL_NAMES)}, closed_at, n)
+),
+locked AS (
+  SELECT id, balance FROM accounts WHERE id IN (SELECT account_id FROM input)
+  ORDER BY id FOR NO KEY UPDATE
+),
+call AS (
+  INSERT INTO calls ({", ".join(_CALL_NAMES)})
+  SELECT {", ".join(_CALL_NAMES)} FROM input WHERE account_id IN (SELECT id FROM locked) ORDER BY n
+  ON CONFLICT (asterisk, uniqueid) DO NOTHING RETURNING asterisk, uniqueid
+),
+inserted AS (
+  SELECT i.* FROM input i JOIN call c ON c.asterisk = i.asterisk AND c.uniqueid = i.uniqueid
+),
+closed AS (
+  UPDATE reservations r SET status = '{_SETTLED}', charged = i.cost, closed_at = i.closed_at
+  FROM inserted i
+  WHERE r.uniqueid = i.uniqueid AND r.asterisk = i.asterisk AND r.status = '{_OPEN}'
+  RETURNING r.asterisk, r.uniqueid
+),
+per_account AS (
+  SELECT account_id, sum(cost) AS cost, (array_agg(started_at ORDER BY n DESC))[1] AS last_use,
+    count(*) FILTER (WHERE billsec > 0) AS answered,
+    (array_agg(started_at ORDER BY n) FILTER (WHERE billsec > 0))[1] AS first_use
+  FROM inserted GROUP BY account_id
+),
+charged AS (
+  UPDATE accounts a SET balance = a.balance - p.cost, last_use_at = p.last_use,
+    call_count = a.call_count + p.answered, first_use_at = coalesce(a.first_use_at, p.first_use)
+  FROM per_account p WHERE a.id = p.account_id
+  RETURNING a.id, a.balance
+)
+SELECT i.n, l.id IS NOT NULL AS found, x.n IS NOT NULL AS inserted,
+  cl.uniqueid IS NOT NULL AS closed,
+  coalesce(ch.balance, l.balance) + coalesce((SELECT sum(later.cost) FROM inserted later
+    WHERE later.account_id = i.account_id AND later.n > i.n), 0) AS balance
+FROM input i
+LEFT JOIN locked l ON l.id = i.account_id
+LEFT JOIN inserted x ON x.n = i.n
+LEFT JOIN closed cl ON cl.asterisk = i.asterisk AND cl.uniqueid = i.uniqueid
+LEFT JOIN charged ch ON ch.id = i.account_id
+ORDER BY i.n
 """
 _BALANCE = "SELECT balance FROM accounts WHERE id = $1"
 _RELEASE = (
@@ -492,6 +562,11 @@ class LeanPostgres:
         # account id -> (monotonic time, the row of its lookup with the state): for the
         # account's next reserve (see the module's text)
         self._looked_up: dict[int, tuple[float, asyncpg.Record]] = {}
+        # settles waiting for a settler, each with the future its caller waits on
+        self._settles: deque[tuple[CallRecord, asyncio.Future[SettledCall]]] = deque()
+        self._settlers: set[asyncio.Task[None]] = set()
+        # how many statements settled how many calls at once (1: the one-call statement)
+        self.settle_batches: Counter[int] = Counter()
 
     @classmethod
     async def connect(
@@ -517,6 +592,21 @@ class LeanPostgres:
         return cls(pool, grace_seconds=grace_seconds, server=server)
 
     async def close(self) -> None:
+        """Finish the settles under way (each is money), log how they went to the database,
+        then close the pool."""
+        if self._settlers:
+            done, pending = await asyncio.wait(set(self._settlers), timeout=COMMAND_TIMEOUT_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self.settle_batches:
+            log.info(
+                "settled %d calls in %d statements (largest %d calls)",
+                sum(size * count for size, count in self.settle_batches.items()),
+                self.settle_batches.total(),
+                max(self.settle_batches),
+            )
         try:
             async with asyncio.timeout(10):
                 await self._leases.close()
@@ -742,8 +832,96 @@ class LeanPostgres:
 
     async def settle(self, record: CallRecord) -> SettledCall:
         """Charge, close the reservation, write the billing record: one statement, idempotent
-        by the call's key, shielded (cancelling the session does not cancel the settle)."""
-        return await asyncio.shield(self._settle_retrying(record))
+        by the call's key, shielded (cancelling the session does not cancel the settle).
+
+        The settle waits in line for one of :data:`SETTLERS` settlers. A settler takes every
+        settle waiting (up to :data:`SETTLE_BATCH_MAX`): one alone runs :data:`_SETTLE` as
+        before, several run :data:`_SETTLE_MANY`, one statement and one commit for all (group
+        commit: under load it saves the database a statement, a transaction and a WAL flush
+        per call). When that statement fails, each of its settles runs alone, so each caller
+        gets its own result or error."""
+        if record.account_id is None:
+            raise NotFoundError("settle needs an account; use record_attempt for unknown callers")
+        future: asyncio.Future[SettledCall] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # a caller that went away does not wait for it
+        self._settles.append((record, future))
+        if len(self._settlers) < SETTLERS:
+            settler = asyncio.create_task(self._settle_waiting(), name="callgate-settler")
+            self._settlers.add(settler)
+            settler.add_done_callback(self._settlers.discard)
+        return await asyncio.shield(future)
+
+    async def _settle_waiting(self) -> None:
+        """A settler: settle what waits, batch by batch, until nothing does."""
+        while self._settles:
+            batch = self._next_settles()
+            try:
+                if len(batch) == 1:
+                    await self._settle_alone(*batch[0])
+                else:
+                    await self._settle_together(batch)
+            except BaseException:  # cancelled (the loop closes): no caller waits forever
+                for record, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            StoreUnavailableError(f"settle {record.uniqueid}: interrupted")
+                        )
+                raise
+
+    def _next_settles(self) -> list[tuple[CallRecord, asyncio.Future[SettledCall]]]:
+        """The settles waiting, first come first, up to SETTLE_BATCH_MAX, no key twice (a second
+        settle of a call waits for the next batch, where it finds the call settled)."""
+        waiting = self._settles
+        batch = [waiting.popleft()]
+        keys = {(batch[0][0].asterisk, batch[0][0].uniqueid)}
+        again: list[tuple[CallRecord, asyncio.Future[SettledCall]]] = []
+        while waiting and len(batch) < SETTLE_BATCH_MAX:
+            item = waiting.popleft()
+            key = (item[0].asterisk, item[0].uniqueid)
+            if key in keys:
+                again.append(item)
+            else:
+                keys.add(key)
+                batch.append(item)
+        waiting.extendleft(reversed(again))
+        return batch
+
+    async def _settle_alone(self, record: CallRecord, future: asyncio.Future[SettledCall]) -> None:
+        try:
+            result = await self._settle_retrying(record)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            self.settle_batches[1] += 1
+            if not future.done():
+                future.set_result(result)
+
+    async def _settle_together(
+        self, batch: list[tuple[CallRecord, asyncio.Future[SettledCall]]]
+    ) -> None:
+        records = [record for record, _ in batch]
+        columns = [list(column) for column in zip(*map(_call_values, records), strict=True)]
+        closed_at = [_utc(record.ended_at or record.started_at) for record in records]
+        try:
+            async with _mapped("settle"):
+                rows = await self._leases.run("fetch", _SETTLE_MANY, *columns, closed_at)
+        except Exception as exc:
+            log.warning(
+                "settle of %d calls in one statement: %s; settling each alone", len(batch), exc
+            )
+            await asyncio.gather(*(self._settle_alone(record, future) for record, future in batch))
+            return
+        self.settle_batches[len(batch)] += 1
+        for (record, future), row in zip(batch, rows, strict=True):
+            try:
+                result = _settled(record, row)
+            except StoreError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
 
     async def _settle_retrying(self, record: CallRecord) -> SettledCall:
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
@@ -772,9 +950,7 @@ class LeanPostgres:
             if not row["inserted"]:  # this call's billing record is already there
                 balance = await self._leases.run("fetchval", _BALANCE, record.account_id)
                 return SettledCall(ZERO, balance if balance is not None else ZERO, True)
-        if not row["closed"]:
-            log.warning("settle %s: no open reservation; charging the call anyway", record.uniqueid)
-        return SettledCall(record.cost, row["balance"], False)
+        return _settled(record, row)
 
     async def release(self, uniqueid: str, note: str, *, asterisk: str = "") -> None:
         async with _mapped("release"):
@@ -795,6 +971,24 @@ class LeanPostgres:
                 _CALL_VALUES,
                 *_call_values(record),
             )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a settle's error as seen: its caller may have gone (the settle is shielded)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _settled(record: CallRecord, row: asyncpg.Record) -> SettledCall:
+    """The result of a settle from its row of _SETTLE or _SETTLE_MANY."""
+    if not row["found"]:
+        raise NotFoundError(f"no account with id {record.account_id}")
+    balance: Decimal = row["balance"] if row["balance"] is not None else ZERO
+    if not row["inserted"]:  # this call's billing record is already there
+        return SettledCall(ZERO, balance, True)
+    if not row["closed"]:
+        log.warning("settle %s: no open reservation; charging the call anyway", record.uniqueid)
+    return SettledCall(record.cost, balance, False)
 
 
 def _call_values(record: CallRecord) -> list[Any]:
