@@ -13,6 +13,7 @@ import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,11 +26,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callgate.rating import Rate, cost, max_duration
-from callgate.schema.tables import accounts, reservations
+from callgate.schema.tables import CallStatus, accounts, calls, reservations
 from callgate.store import accounts as acc
 from callgate.store import lean_pg, plans
-from callgate.store.ledger import Limits
-from callgate.store.ports import Refused
+from callgate.store.errors import NotFoundError, StoreError
+from callgate.store.ledger import CallRecord, Limits
+from callgate.store.ports import Refused, SettledCall
 
 pytestmark = pytest.mark.pg
 
@@ -507,3 +509,157 @@ async def test_the_slot_of_a_dropped_connection_goes_to_the_statement_waiting_fi
     leases.put(mine)
     leases.put(theirs)
     assert await leases.run("fetchval", "SELECT 5") == 5 and leases._out == 2
+
+
+# ---------------------------------------------------------------- settles together
+
+
+def _record(account: acc.Account, uniqueid: str, cost_: str, billsec: int, start: int) -> Any:
+    started = datetime(2026, 12, 7, 12, 0, tzinfo=UTC) + timedelta(seconds=start)
+    return CallRecord(
+        uniqueid=uniqueid,
+        status=CallStatus.OK,
+        started_at=started,
+        ended_at=started + timedelta(seconds=billsec),
+        account_id=account.id,
+        billsec=billsec,
+        cost=Decimal(cost_),
+    )
+
+
+def _half_a_minute(available: Decimal) -> tuple[int, Decimal]:
+    return 30, Decimal("0.30")
+
+
+async def _reserved(ledger: Interleaved, *records: CallRecord) -> None:
+    """A reservation of 0.30 for each call."""
+    for record in records:
+        assert record.account_id is not None
+        await _reserve(ledger, record.account_id, record.uniqueid, price=_half_a_minute)
+
+
+async def test_settles_that_wait_together_charge_as_they_would_one_by_one(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    a = await _account(engine, "10.00")
+    b = await _account(engine, "5.00")
+    # the order given: a1 unanswered, then a's and b's calls interleaved, one start earlier
+    records = [
+        _record(a, "a1", "0", 0, 0),
+        _record(b, "b1", "0.30", 30, 5),
+        _record(a, "a2", "0.60", 60, 10),
+        _record(a, "a3", "0.12", 12, 3),
+        _record(b, "b2", "1.20", 120, 20),
+    ]
+    await _reserved(ledger, *records)
+    settled = await asyncio.gather(*(ledger.settle(record) for record in records))
+    assert ledger.settle_batches == {5: 1}  # all five in one statement
+    assert [(s.charged, s.balance, s.already_settled) for s in settled] == [
+        (Decimal("0"), Decimal("10.00"), False),
+        (Decimal("0.30"), Decimal("4.70"), False),
+        (Decimal("0.60"), Decimal("9.40"), False),
+        (Decimal("0.12"), Decimal("9.28"), False),
+        (Decimal("1.20"), Decimal("3.50"), False),
+    ]
+    async with engine.connect() as conn:
+        rows = {
+            r.id: r
+            for r in await conn.execute(
+                select(
+                    accounts.c.id,
+                    accounts.c.balance,
+                    accounts.c.call_count,
+                    accounts.c.first_use_at,
+                    accounts.c.last_use_at,
+                ).where(accounts.c.id.in_([a.id, b.id]))
+            )
+        }
+        billed = dict((await conn.execute(select(calls.c.uniqueid, calls.c.cost))).all())
+        closed = (
+            await conn.execute(
+                select(reservations.c.uniqueid, reservations.c.status, reservations.c.charged)
+            )
+        ).all()
+    # a: two answered calls; first use is a2's start (a1 was not answered, a2 came before a3
+    # in the order given), last use the last call's start in that order (a3), as one by one
+    assert (rows[a.id].balance, rows[a.id].call_count) == (Decimal("9.28"), 2)
+    assert rows[a.id].first_use_at == records[2].started_at
+    assert rows[a.id].last_use_at == records[3].started_at
+    assert (rows[b.id].balance, rows[b.id].call_count) == (Decimal("3.50"), 2)
+    assert rows[b.id].first_use_at == records[1].started_at
+    assert rows[b.id].last_use_at == records[4].started_at
+    assert billed == {r.uniqueid: r.cost for r in records}
+    assert sorted(closed) == sorted((r.uniqueid, "settled", r.cost) for r in records)
+
+
+async def test_a_second_settle_waiting_with_the_first_charges_nothing(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    account = await _account(engine, "10.00")
+    first, other = _record(account, "c1", "0.60", 60, 0), _record(account, "c2", "0.30", 30, 1)
+    await _reserved(ledger, first, other)
+    results = await asyncio.gather(
+        ledger.settle(first), ledger.settle(other), ledger.settle(replace(first, note="again"))
+    )
+    # the second settle of c1 waited for the next statement (no key twice in one)
+    assert ledger.settle_batches == {2: 1, 1: 1}
+    assert [(r.charged, r.already_settled) for r in results] == [
+        (Decimal("0.60"), False),
+        (Decimal("0.30"), False),
+        (Decimal("0"), True),
+    ]
+    assert results[2].balance == Decimal("9.10")
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account.id))
+        notes = (await conn.execute(select(calls.c.uniqueid, calls.c.note))).all()
+    assert balance == Decimal("9.10")
+    assert sorted(notes) == [("c1", ""), ("c2", "")]
+
+
+async def test_an_unknown_account_fails_its_own_settle_in_a_statement_of_several(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    account = await _account(engine, "10.00")
+    good = _record(account, "g1", "0.60", 60, 0)
+    await _reserved(ledger, good)
+    stray = replace(good, uniqueid="s1", account_id=account.id + 1000)
+    results = await asyncio.gather(
+        ledger.settle(good), ledger.settle(stray), return_exceptions=True
+    )
+    assert ledger.settle_batches == {2: 1}
+    assert isinstance(results[1], NotFoundError)
+    assert f"no account with id {account.id + 1000}" in str(results[1])
+    assert isinstance(results[0], SettledCall) and results[0].charged == Decimal("0.60")
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(calls.c.uniqueid))).scalars().all() == ["g1"]
+
+
+async def test_a_statement_of_several_that_fails_settles_each_alone(
+    ledger: Interleaved, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = await _account(engine, "10.00")
+    good = _record(account, "g1", "0.60", 60, 0)
+    bad = replace(_record(account, "b1", "0.30", 30, 1), dial_status="X" * 40)  # too long
+    await _reserved(ledger, good, bad)
+    results = await asyncio.gather(ledger.settle(good), ledger.settle(bad), return_exceptions=True)
+    assert ledger.settle_batches == {1: 1}  # the statement of two failed; g1 then alone
+    assert "settle of 2 calls in one statement" in caplog.text
+    assert isinstance(results[1], StoreError)  # as the one-call statement reports it
+    assert "value too long" in str(results[1])
+    assert isinstance(results[0], SettledCall) and results[0].balance == Decimal("9.40")
+    assert await _open_reservations(engine, account.id) == [("b1", Decimal("0.30"))]
+
+
+async def test_closing_waits_for_the_settles_under_way(db_url: str, engine: AsyncEngine) -> None:
+    account = await _account(engine, "10.00")
+    records = [_record(account, f"w{n}", "0.10", 10, n) for n in range(6)]
+    async with _interleaved(db_url, 2) as gate:
+        await _reserved(gate, *records)
+        settles = [asyncio.create_task(gate.settle(record)) for record in records]
+        await asyncio.sleep(0)  # each is in line, none has run
+    # the pool is closed: every settle had finished first
+    assert all(task.done() and not task.exception() for task in settles)
+    assert sum(size * n for size, n in gate.settle_batches.items()) == 6
+    async with engine.connect() as conn:
+        balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account.id))
+    assert balance == Decimal("9.40")
