@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from sqlalchemy.dialects import postgresql
@@ -551,6 +551,128 @@ class _Leases:
             await self.drop(connection)
 
 
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
+class _Together(Generic[Q, R]):
+    """Requests of one kind that wait while others run go to the database together.
+
+    A request waits in line for one of ``lanes`` runners. A runner takes every request waiting,
+    first come first, up to :data:`SETTLE_BATCH_MAX` and no key twice (a second request of one
+    key waits for the next turn): one alone runs ``alone``, several run ``together``, one
+    statement and one commit for all (group commit: under load the database saves a
+    statement, a transaction and a WAL flush per request), which gives each request its result
+    or its own error. When that statement fails, each of its requests runs alone, so each caller
+    gets what it would have got alone. Requests are shielded: a caller that goes away (its
+    session cancelled) does not cancel its request.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        alone: Callable[[Q], Awaitable[R]],
+        together: Callable[[list[Q]], Awaitable[list[R | StoreError]]],
+        *,
+        lanes: int,
+        key: Callable[[Q], object],
+    ) -> None:
+        self._what = what
+        self._alone, self._together, self._key = alone, together, key
+        self._lanes = lanes
+        self._waiting: deque[tuple[Q, asyncio.Future[R]]] = deque()
+        self._runners: set[asyncio.Task[None]] = set()
+        self.sizes: Counter[int] = Counter()  # requests per statement -> statements
+
+    async def run(self, item: Q) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)
+        self._waiting.append((item, future))
+        if len(self._runners) < self._lanes:
+            runner = asyncio.create_task(self._run_waiting(), name=f"callgate-{self._what}")
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        return await asyncio.shield(future)
+
+    async def finish(self, seconds: float) -> None:
+        """Wait for the requests under way (each is money); cancel what is left after
+        ``seconds`` (their callers get an error)."""
+        if not self._runners:
+            return
+        _done, pending = await asyncio.wait(set(self._runners), timeout=seconds)
+        for runner in pending:
+            runner.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _run_waiting(self) -> None:
+        while self._waiting:
+            batch = self._next()
+            try:
+                if len(batch) == 1:
+                    await self._one(*batch[0])
+                else:
+                    await self._several(batch)
+            except BaseException:  # cancelled (the loop closes): no caller waits forever
+                for _item, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreUnavailableError(f"{self._what}: interrupted"))
+                raise
+
+    def _next(self) -> list[tuple[Q, asyncio.Future[R]]]:
+        waiting = self._waiting
+        batch = [waiting.popleft()]
+        keys = {self._key(batch[0][0])}
+        again: list[tuple[Q, asyncio.Future[R]]] = []
+        while waiting and len(batch) < SETTLE_BATCH_MAX:
+            item = waiting.popleft()
+            key = self._key(item[0])
+            if key in keys:
+                again.append(item)
+            else:
+                keys.add(key)
+                batch.append(item)
+        waiting.extendleft(reversed(again))
+        return batch
+
+    async def _one(self, item: Q, future: asyncio.Future[R]) -> None:
+        try:
+            result = await self._alone(item)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            self.sizes[1] += 1
+            if not future.done():
+                future.set_result(result)
+
+    async def _several(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._together([item for item, _ in batch])
+        except Exception as exc:
+            log.warning(
+                "%s of %d calls in one statement: %s; each alone", self._what, len(batch), exc
+            )
+            await asyncio.gather(*(self._one(item, future) for item, future in batch))
+            return
+        self.sizes[len(batch)] += 1
+        for (_item, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, StoreError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def summary(self) -> str | None:
+        """How the requests went to the database (None before the first)."""
+        sizes = self.sizes
+        if not sizes:
+            return None
+        requests = sum(size * count for size, count in sizes.items())
+        return f"{requests} in {sizes.total()} statements (largest {max(sizes)})"
+
+
 class LeanPostgres:
     """AccountLookup and Ledger on PostgreSQL over an asyncpg pool (see the module's text)."""
 
@@ -562,11 +684,15 @@ class LeanPostgres:
         # account id -> (monotonic time, the row of its lookup with the state): for the
         # account's next reserve (see the module's text)
         self._looked_up: dict[int, tuple[float, asyncpg.Record]] = {}
-        # settles waiting for a settler, each with the future its caller waits on
-        self._settles: deque[tuple[CallRecord, asyncio.Future[SettledCall]]] = deque()
-        self._settlers: set[asyncio.Task[None]] = set()
+        self._settles = _Together[CallRecord, SettledCall](
+            "settle",
+            self._settle_retrying,
+            self._settle_many,
+            lanes=SETTLERS,
+            key=lambda record: (record.asterisk, record.uniqueid),
+        )
         # how many statements settled how many calls at once (1: the one-call statement)
-        self.settle_batches: Counter[int] = Counter()
+        self.settle_batches = self._settles.sizes
 
     @classmethod
     async def connect(
@@ -594,19 +720,10 @@ class LeanPostgres:
     async def close(self) -> None:
         """Finish the settles under way (each is money), log how they went to the database,
         then close the pool."""
-        if self._settlers:
-            done, pending = await asyncio.wait(set(self._settlers), timeout=COMMAND_TIMEOUT_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        if self.settle_batches:
-            log.info(
-                "settled %d calls in %d statements (largest %d calls)",
-                sum(size * count for size, count in self.settle_batches.items()),
-                self.settle_batches.total(),
-                max(self.settle_batches),
-            )
+        await self._settles.finish(COMMAND_TIMEOUT_SECONDS)
+        settled = self._settles.summary()
+        if settled is not None:
+            log.info("settled %s", settled)
         try:
             async with asyncio.timeout(10):
                 await self._leases.close()
@@ -833,95 +950,24 @@ class LeanPostgres:
     async def settle(self, record: CallRecord) -> SettledCall:
         """Charge, close the reservation, write the billing record: one statement, idempotent
         by the call's key, shielded (cancelling the session does not cancel the settle).
-
-        The settle waits in line for one of :data:`SETTLERS` settlers. A settler takes every
-        settle waiting (up to :data:`SETTLE_BATCH_MAX`): one alone runs :data:`_SETTLE` as
-        before, several run :data:`_SETTLE_MANY`, one statement and one commit for all (group
-        commit: under load it saves the database a statement, a transaction and a WAL flush
-        per call). When that statement fails, each of its settles runs alone, so each caller
-        gets its own result or error."""
+        Settles that wait while others run go together (:class:`_Together`: one statement of
+        :data:`_SETTLE_MANY` and one commit for all)."""
         if record.account_id is None:
             raise NotFoundError("settle needs an account; use record_attempt for unknown callers")
-        future: asyncio.Future[SettledCall] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieved)  # a caller that went away does not wait for it
-        self._settles.append((record, future))
-        if len(self._settlers) < SETTLERS:
-            settler = asyncio.create_task(self._settle_waiting(), name="callgate-settler")
-            self._settlers.add(settler)
-            settler.add_done_callback(self._settlers.discard)
-        return await asyncio.shield(future)
+        return await self._settles.run(record)
 
-    async def _settle_waiting(self) -> None:
-        """A settler: settle what waits, batch by batch, until nothing does."""
-        while self._settles:
-            batch = self._next_settles()
-            try:
-                if len(batch) == 1:
-                    await self._settle_alone(*batch[0])
-                else:
-                    await self._settle_together(batch)
-            except BaseException:  # cancelled (the loop closes): no caller waits forever
-                for record, future in batch:
-                    if not future.done():
-                        future.set_exception(
-                            StoreUnavailableError(f"settle {record.uniqueid}: interrupted")
-                        )
-                raise
-
-    def _next_settles(self) -> list[tuple[CallRecord, asyncio.Future[SettledCall]]]:
-        """The settles waiting, first come first, up to SETTLE_BATCH_MAX, no key twice (a second
-        settle of a call waits for the next batch, where it finds the call settled)."""
-        waiting = self._settles
-        batch = [waiting.popleft()]
-        keys = {(batch[0][0].asterisk, batch[0][0].uniqueid)}
-        again: list[tuple[CallRecord, asyncio.Future[SettledCall]]] = []
-        while waiting and len(batch) < SETTLE_BATCH_MAX:
-            item = waiting.popleft()
-            key = (item[0].asterisk, item[0].uniqueid)
-            if key in keys:
-                again.append(item)
-            else:
-                keys.add(key)
-                batch.append(item)
-        waiting.extendleft(reversed(again))
-        return batch
-
-    async def _settle_alone(self, record: CallRecord, future: asyncio.Future[SettledCall]) -> None:
-        try:
-            result = await self._settle_retrying(record)
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-        else:
-            self.settle_batches[1] += 1
-            if not future.done():
-                future.set_result(result)
-
-    async def _settle_together(
-        self, batch: list[tuple[CallRecord, asyncio.Future[SettledCall]]]
-    ) -> None:
-        records = [record for record, _ in batch]
+    async def _settle_many(self, records: list[CallRecord]) -> list[SettledCall | StoreError]:
         columns = [list(column) for column in zip(*map(_call_values, records), strict=True)]
         closed_at = [_utc(record.ended_at or record.started_at) for record in records]
-        try:
-            async with _mapped("settle"):
-                rows = await self._leases.run("fetch", _SETTLE_MANY, *columns, closed_at)
-        except Exception as exc:
-            log.warning(
-                "settle of %d calls in one statement: %s; settling each alone", len(batch), exc
-            )
-            await asyncio.gather(*(self._settle_alone(record, future) for record, future in batch))
-            return
-        self.settle_batches[len(batch)] += 1
-        for (record, future), row in zip(batch, rows, strict=True):
+        async with _mapped("settle"):
+            rows = await self._leases.run("fetch", _SETTLE_MANY, *columns, closed_at)
+        results: list[SettledCall | StoreError] = []
+        for record, row in zip(records, rows, strict=True):
             try:
-                result = _settled(record, row)
+                results.append(_settled(record, row))
             except StoreError as exc:
-                if not future.done():
-                    future.set_exception(exc)
-            else:
-                if not future.done():
-                    future.set_result(result)
+                results.append(exc)
+        return results
 
     async def _settle_retrying(self, record: CallRecord) -> SettledCall:
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
