@@ -114,6 +114,9 @@ LOOKUP_STATES_KEPT = 1024  # states of lookups not yet followed by their reserve
 # the call, where no caller waits for it.
 SETTLE_BATCH_MAX = 32
 SETTLERS = 1
+# the reserves' function calls go together the same way (a reserve waits for the call's Dial:
+# two lanes, so one waits at most for the statement running in the other)
+RESERVERS = 2
 
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 CPS_WINDOW = timedelta(seconds=1)  # a CPS limit counts the reservations made in the last second
@@ -219,6 +222,40 @@ _READ_STATE = (
 _RESERVE_IF_UNCHANGED = (
     "SELECT callgate_reserve_if_unchanged($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
     " $13, $14, $15, $16, $17, $18, $19, $20)"
+)
+# callgate_reserve_if_unchanged for several calls in one statement, called call by call in the
+# order of their accounts' ids (the lock order of _SETTLE_MANY); $n are arrays of its
+# parameters, one element per call; one row per call: its place (n) and the function's result
+_RESERVE_TYPES = (
+    "int",
+    "timestamptz",
+    "text",
+    "bool",
+    "bool",
+    "text",
+    "numeric",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "text",
+    "text",
+    "numeric",
+    "int",
+    "int",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+)
+_RESERVE_MANY = (
+    "SELECT s.n, callgate_reserve_if_unchanged("
+    + ", ".join(f"s.p{k}" for k in range(len(_RESERVE_TYPES)))
+    + ") AS inserted FROM (SELECT * FROM unnest("
+    + ", ".join(f"${k + 1}::{t}[]" for k, t in enumerate(_RESERVE_TYPES))
+    + ") WITH ORDINALITY AS u("
+    + ", ".join(f"p{k}" for k in range(len(_RESERVE_TYPES)))
+    + ", n) ORDER BY p0, n OFFSET 0) s"
 )
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (uniqueid, asterisk, account_id, amount, granted_seconds, status,"
@@ -569,8 +606,12 @@ class _Together(Generic[Q, R]):
     statement and one commit for all (group commit: under load the database saves a
     statement, a transaction and a WAL flush per request), which gives each request its result
     or its own error. When that statement fails, each of its requests runs alone, so each caller
-    gets what it would have got alone. Requests are shielded: a caller that goes away (its
-    session cancelled) does not cancel its request.
+    gets what it would have got alone.
+
+    Without ``abandoned``, requests are shielded: a caller that goes away (its session
+    cancelled) does not cancel its request (a settle is money owed). With it, a caller that
+    goes away before its turn takes its request out of line, and one that goes away while its
+    request runs leaves the result to ``abandoned`` (a reserve made for nobody is released).
     """
 
     def __init__(
@@ -581,8 +622,10 @@ class _Together(Generic[Q, R]):
         *,
         lanes: int,
         key: Callable[[Q], object],
+        abandoned: Callable[[Q, R], None] | None = None,
     ) -> None:
         self._what = what
+        self._abandoned = abandoned
         self._alone, self._together, self._key = alone, together, key
         self._lanes = lanes
         self._waiting: deque[tuple[Q, asyncio.Future[R]]] = deque()
@@ -597,7 +640,9 @@ class _Together(Generic[Q, R]):
             runner = asyncio.create_task(self._run_waiting(), name=f"callgate-{self._what}")
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
-        return await asyncio.shield(future)
+        if self._abandoned is None:
+            return await asyncio.shield(future)
+        return await future
 
     async def finish(self, seconds: float) -> None:
         """Wait for the requests under way (each is money); cancel what is left after
@@ -614,6 +659,8 @@ class _Together(Generic[Q, R]):
         while self._waiting:
             batch = self._next()
             try:
+                if not batch:  # every request waiting was taken out of line
+                    continue
                 if len(batch) == 1:
                     await self._one(*batch[0])
                 else:
@@ -626,11 +673,13 @@ class _Together(Generic[Q, R]):
 
     def _next(self) -> list[tuple[Q, asyncio.Future[R]]]:
         waiting = self._waiting
-        batch = [waiting.popleft()]
-        keys = {self._key(batch[0][0])}
+        batch: list[tuple[Q, asyncio.Future[R]]] = []
+        keys: set[object] = set()
         again: list[tuple[Q, asyncio.Future[R]]] = []
         while waiting and len(batch) < SETTLE_BATCH_MAX:
             item = waiting.popleft()
+            if item[1].done():  # its caller went away (only without a shield)
+                continue
             key = self._key(item[0])
             if key in keys:
                 again.append(item)
@@ -648,8 +697,7 @@ class _Together(Generic[Q, R]):
                 future.set_exception(exc)
         else:
             self.sizes[1] += 1
-            if not future.done():
-                future.set_result(result)
+            self._give(item, future, result)
 
     async def _several(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> None:
         try:
@@ -661,13 +709,18 @@ class _Together(Generic[Q, R]):
             await asyncio.gather(*(self._one(item, future) for item, future in batch))
             return
         self.sizes[len(batch)] += 1
-        for (_item, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
+        for (item, future), result in zip(batch, results, strict=True):
             if isinstance(result, StoreError):
-                future.set_exception(result)
+                if not future.done():
+                    future.set_exception(result)
             else:
-                future.set_result(result)
+                self._give(item, future, result)
+
+    def _give(self, item: Q, future: asyncio.Future[R], result: R) -> None:
+        if not future.done():
+            future.set_result(result)
+        elif future.cancelled() and self._abandoned is not None:
+            self._abandoned(item, result)
 
     def summary(self) -> str | None:
         """How the requests went to the database (None before the first)."""
@@ -698,6 +751,16 @@ class LeanPostgres:
         )
         # how many statements settled how many calls at once (1: the one-call statement)
         self.settle_batches = self._settles.sizes
+        self._reserves = _Together[tuple[Any, ...], bool](
+            "reserve",
+            self._reserve_alone,
+            self._reserve_many,
+            lanes=RESERVERS,
+            key=lambda args: (args[12], args[11]),  # (asterisk, uniqueid)
+            abandoned=self._reserved_for_nobody,
+        )
+        self.reserve_batches = self._reserves.sizes
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -725,10 +788,14 @@ class LeanPostgres:
     async def close(self) -> None:
         """Finish the settles under way (each is money), log how they went to the database,
         then close the pool."""
+        await self._reserves.finish(COMMAND_TIMEOUT_SECONDS)
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=COMMAND_TIMEOUT_SECONDS)
         await self._settles.finish(COMMAND_TIMEOUT_SECONDS)
-        settled = self._settles.summary()
-        if settled is not None:
-            log.info("settled %s", settled)
+        for what, together in (("reserved", self._reserves), ("settled", self._settles)):
+            summary = together.summary()
+            if summary is not None:
+                log.info("%s %s", what, summary)
         try:
             async with asyncio.timeout(10):
                 await self._leases.close()
@@ -886,10 +953,8 @@ class LeanPostgres:
                     granted, amount, available, expires = decide(found)
                     assert found is not None
                     row, read = found, state
-                async with _mapped("reserve"):
-                    inserted = await self._leases.run(
-                        "fetchval",
-                        _RESERVE_IF_UNCHANGED,
+                inserted = await self._reserves.run(
+                    (
                         account_id,
                         *read,
                         row["row_version"],
@@ -908,6 +973,7 @@ class LeanPostgres:
                         _utc(now),
                         _utc(expires),
                     )
+                )
                 if inserted:
                     return Grant(granted, amount, available)
             return await self._locked("reserve", account_id, work)
@@ -951,6 +1017,33 @@ class LeanPostgres:
             return await self._locked("regrant", account_id, work)
         except LedgerRefusal as exc:
             raise Refused(exc.status.value, str(exc)) from exc
+
+    async def _reserve_alone(self, args: tuple[Any, ...]) -> bool:
+        async with _mapped("reserve"):
+            return bool(await self._leases.run("fetchval", _RESERVE_IF_UNCHANGED, *args))
+
+    async def _reserve_many(self, items: list[tuple[Any, ...]]) -> list[bool | StoreError]:
+        columns = [list(column) for column in zip(*items, strict=True)]
+        async with _mapped("reserve"):
+            rows = await self._leases.run("fetch", _RESERVE_MANY, *columns)
+        inserted = {row["n"]: bool(row["inserted"]) for row in rows}
+        return [inserted[n] for n in range(1, len(items) + 1)]
+
+    def _reserved_for_nobody(self, args: tuple[Any, ...], inserted: bool) -> None:
+        """A reserve whose session ended while it ran: release what it inserted."""
+        if inserted:
+            task = asyncio.create_task(
+                self._release_abandoned(uniqueid=args[11], asterisk=args[12])
+            )
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_abandoned(self, *, uniqueid: str, asterisk: str) -> None:
+        log.warning("reserve %s: its session ended meanwhile; releasing it", uniqueid)
+        try:
+            await self.release(uniqueid, "its session ended during the reserve", asterisk=asterisk)
+        except StoreError as exc:  # the reaper closes it when it expires
+            log.error("reserve %s: cannot release it: %s", uniqueid, exc)
 
     async def settle(self, record: CallRecord) -> SettledCall:
         """Charge, close the reservation, write the billing record: one statement, idempotent

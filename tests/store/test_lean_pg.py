@@ -663,3 +663,103 @@ async def test_closing_waits_for_the_settles_under_way(db_url: str, engine: Asyn
     async with engine.connect() as conn:
         balance = await conn.scalar(select(accounts.c.balance).where(accounts.c.id == account.id))
     assert balance == Decimal("9.40")
+
+
+# ---------------------------------------------------------------- reserves together
+
+
+async def _function_args(ledger: Interleaved, account: acc.Account, uniqueid: str) -> Any:
+    """The arguments of the account's callgate_reserve_if_unchanged on its current state: a
+    0.30 reservation of 30 s."""
+    now = datetime.now(UTC)
+    since = now - lean_pg.CPS_WINDOW
+    read = (since, "", False, False)
+    row = await ledger._fetchrow("test", lean_pg._READ_STATE, account.id, *read)
+    assert row is not None
+    seen = tuple(row[column] for column in _STATE_COLUMNS)
+    expires = now + timedelta(seconds=90)
+    return (
+        account.id,
+        *read,
+        *seen,
+        uniqueid,
+        "",
+        Decimal("0.30"),
+        30,
+        None,
+        "t1",
+        "",
+        now,
+        expires,
+    )
+
+
+async def test_reserves_that_wait_together_go_in_one_statement(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    owners = [await _account(engine, "1.00") for _ in range(3)]
+    args = [await _function_args(ledger, a, f"r{n}") for n, a in enumerate(owners)]
+    # the same account twice: the second was priced on the state before the first's insert
+    args.append(await _function_args(ledger, owners[0], "again"))
+    inserted = await asyncio.gather(*(ledger._reserves.run(a) for a in args))
+    assert ledger.reserve_batches == {4: 1}
+    assert inserted == [True, True, True, False]  # "again" saw r0's reservation: not inserted
+    for n, owner in enumerate(owners):
+        assert await _open_reservations(engine, owner.id) == [(f"r{n}", Decimal("0.30"))]
+
+
+async def test_reserves_of_one_account_at_once_each_count_the_others(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    account = await _account(engine, "1.00")  # three 0.30 minutes, not four
+    results = await asyncio.gather(
+        *(_reserve(ledger, account.id, f"c{n}", price=_half_a_minute) for n in range(4)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, Refused)]
+    assert len(refused) == 1 and "available 0.10000" in str(refused[0])
+    assert sum(amount for _, amount in await _open_reservations(engine, account.id)) == Decimal(
+        "0.90"
+    )
+
+
+async def test_a_reserve_whose_caller_went_away_while_it_ran_is_released(
+    ledger: Interleaved, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = await _account(engine, "1.00"), await _account(engine, "1.00")
+    kept_args = await _function_args(ledger, first, "kept")
+    gone_args = await _function_args(ledger, second, "gone")
+    kept = asyncio.create_task(ledger._reserves.run(kept_args))
+    gone = asyncio.create_task(ledger._reserves.run(gone_args))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # both are in the statement now running
+    gone.cancel()
+    assert await kept is True
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert ledger.reserve_batches == {2: 1}
+    assert ledger._releasing  # the release of what "gone" inserted, under way
+    async with asyncio.timeout(5):
+        await asyncio.wait(set(ledger._releasing))
+    assert await _open_reservations(engine, second.id) == []
+    assert await _open_reservations(engine, first.id) == [("kept", Decimal("0.30"))]
+    assert "reserve gone: its session ended meanwhile; releasing it" in caplog.text
+    async with engine.connect() as conn:
+        note = await conn.scalar(
+            select(reservations.c.note).where(reservations.c.uniqueid == "gone")
+        )
+    assert note == "its session ended during the reserve"
+
+
+async def test_a_reserve_whose_caller_went_away_before_its_turn_is_not_made(
+    ledger: Interleaved, engine: AsyncEngine
+) -> None:
+    owners = [await _account(engine, "1.00") for _ in range(4)]
+    args = [await _function_args(ledger, a, f"t{n}") for n, a in enumerate(owners)]
+    # all four wait for a runner, which leaves out the one whose caller went away
+    tasks = [asyncio.create_task(ledger._reserves.run(a)) for a in args]
+    await asyncio.sleep(0)
+    tasks[3].cancel()
+    assert await asyncio.gather(*tasks[:3]) == [True, True, True]
+    assert await _open_reservations(engine, owners[3].id) == []
+    assert sum(size * n for size, n in ledger.reserve_batches.items()) == 3
