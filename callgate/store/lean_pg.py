@@ -19,7 +19,8 @@ prepared statements (asyncpg's statement cache) and as few round trips as correc
   and pricer as every ledger); then ``callgate_reserve_if_unchanged`` locks the account, reads
   the state again in a snapshot taken after the lock (inline since migration 0011, which made
   that check cheaper), and inserts the reservation only if it is
-  the state the call was priced on. When another call of the account changed it meanwhile,
+  the state the call was priced on (function calls that wait go together, in one statement
+  per lane, :data:`_RESERVE_MANY`). When another call of the account changed it meanwhile,
   nothing is inserted and the reserve reads and decides again; after
   :data:`OPTIMISTIC_ATTEMPTS` it takes the locked path: ``BEGIN`` and the account lock in one
   round trip, one statement that reads the account with its open reservations and the counts,

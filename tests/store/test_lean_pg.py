@@ -4,6 +4,9 @@ that state between its read and its insert. PostgreSQL only (the functions are P
 
 The interleaving is made deterministic by a subclass that runs a change right after the
 reserve's read: the change is real SQL on a second connection, the reserve the real one.
+
+Also here: the connection leases, and the settles and the reserves' function calls that wait
+going to the database together (group commit).
 """
 
 from __future__ import annotations
