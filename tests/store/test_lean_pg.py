@@ -139,6 +139,17 @@ async def _reserve(ledger: Interleaved, account_id: int, uniqueid: str, **kwargs
 _STATE_COLUMNS = ("row_version", "reserved", "in_use", "recent", "address_in_use", "address_recent")
 
 
+def _function_args(
+    account_id: int, read: tuple[Any, ...], seen: tuple[Any, ...], uniqueid: str
+) -> tuple[Any, ...]:
+    """The arguments of ``callgate_reserve_if_unchanged``: the read's parameters (since,
+    address, the two IP flags), the state seen (version, reserved, the four counts), a 0.30
+    reservation of 30 s."""
+    now = datetime.now(UTC)
+    money = (Decimal("0.30"), 30, None, "t1", "", now, now + timedelta(seconds=90))
+    return (account_id, *read, *seen, uniqueid, "", *money)
+
+
 async def _reserve_if_unchanged(
     connection: asyncpg.Connection,
     account_id: int,
@@ -146,25 +157,9 @@ async def _reserve_if_unchanged(
     seen: tuple[Any, ...],
     uniqueid: str,
 ) -> bool:
-    """``callgate_reserve_if_unchanged`` called directly: the read's parameters (since, address,
-    the two IP flags), the state seen (version, reserved, the four counts), a 0.30 reservation."""
-    now = datetime.now(UTC)
-    result = await connection.fetchval(
-        lean_pg._RESERVE_IF_UNCHANGED,
-        account_id,
-        *read,
-        *seen,
-        uniqueid,
-        "",
-        Decimal("0.30"),
-        30,
-        None,
-        "t1",
-        "",
-        now,
-        now + timedelta(seconds=90),
-    )
-    return bool(result)
+    """``callgate_reserve_if_unchanged`` called directly."""
+    args = _function_args(account_id, read, seen, uniqueid)
+    return bool(await connection.fetchval(lean_pg._RESERVE_IF_UNCHANGED, *args))
 
 
 async def test_an_account_row_decodes_as_the_core_reads_it_field_by_field(
@@ -671,39 +666,21 @@ async def test_closing_waits_for_the_settles_under_way(db_url: str, engine: Asyn
 # ---------------------------------------------------------------- reserves together
 
 
-async def _function_args(ledger: Interleaved, account: acc.Account, uniqueid: str) -> Any:
-    """The arguments of the account's callgate_reserve_if_unchanged on its current state: a
-    0.30 reservation of 30 s."""
-    now = datetime.now(UTC)
-    since = now - lean_pg.CPS_WINDOW
-    read = (since, "", False, False)
+async def _current_args(ledger: Interleaved, account: acc.Account, uniqueid: str) -> Any:
+    """The function's arguments on the account's current state (:func:`_function_args`)."""
+    read = (datetime.now(UTC) - lean_pg.CPS_WINDOW, "", False, False)
     row = await ledger._fetchrow("test", lean_pg._READ_STATE, account.id, *read)
     assert row is not None
-    seen = tuple(row[column] for column in _STATE_COLUMNS)
-    expires = now + timedelta(seconds=90)
-    return (
-        account.id,
-        *read,
-        *seen,
-        uniqueid,
-        "",
-        Decimal("0.30"),
-        30,
-        None,
-        "t1",
-        "",
-        now,
-        expires,
-    )
+    return _function_args(account.id, read, tuple(row[c] for c in _STATE_COLUMNS), uniqueid)
 
 
 async def test_reserves_that_wait_together_go_in_one_statement(
     ledger: Interleaved, engine: AsyncEngine
 ) -> None:
     owners = [await _account(engine, "1.00") for _ in range(3)]
-    args = [await _function_args(ledger, a, f"r{n}") for n, a in enumerate(owners)]
+    args = [await _current_args(ledger, a, f"r{n}") for n, a in enumerate(owners)]
     # the same account twice: the second was priced on the state before the first's insert
-    args.append(await _function_args(ledger, owners[0], "again"))
+    args.append(await _current_args(ledger, owners[0], "again"))
     inserted = await asyncio.gather(*(ledger._reserves.run(a) for a in args))
     assert ledger.reserve_batches == {4: 1}
     assert inserted == [True, True, True, False]  # "again" saw r0's reservation: not inserted
@@ -730,8 +707,8 @@ async def test_a_reserve_whose_caller_went_away_while_it_ran_is_released(
     ledger: Interleaved, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, second = await _account(engine, "1.00"), await _account(engine, "1.00")
-    kept_args = await _function_args(ledger, first, "kept")
-    gone_args = await _function_args(ledger, second, "gone")
+    kept_args = await _current_args(ledger, first, "kept")
+    gone_args = await _current_args(ledger, second, "gone")
     kept = asyncio.create_task(ledger._reserves.run(kept_args))
     gone = asyncio.create_task(ledger._reserves.run(gone_args))
     await asyncio.sleep(0)
@@ -758,7 +735,7 @@ async def test_a_reserve_whose_caller_went_away_before_its_turn_is_not_made(
     ledger: Interleaved, engine: AsyncEngine
 ) -> None:
     owners = [await _account(engine, "1.00") for _ in range(4)]
-    args = [await _function_args(ledger, a, f"t{n}") for n, a in enumerate(owners)]
+    args = [await _current_args(ledger, a, f"t{n}") for n, a in enumerate(owners)]
     # all four wait for a runner, which leaves out the one whose caller went away
     tasks = [asyncio.create_task(ledger._reserves.run(a)) for a in args]
     await asyncio.sleep(0)
