@@ -108,12 +108,13 @@ OPTIMISTIC_ATTEMPTS = 2
 # follows the lookup within milliseconds; a later one, or a stale state, only reads again)
 LOOKUP_STATE_SECONDS = 1.0
 LOOKUP_STATES_KEPT = 1024  # states of lookups not yet followed by their reserve, oldest dropped
-# settles waiting while others run go to the database together, in one statement (the module's
-# text): at most this many in one, and at most SETTLERS statements of settles at once. One: in
+# settles (and the reserves' function calls) waiting while others run go to the database
+# together, in one statement (the module's text): at most BATCH_MAX in one, and at most SETTLERS
+# statements of settles at once. One: in
 # bench/agi_load.py (three rounds back to back) one settler made statements of 5-10 settles on
 # average and used less CPU per call than two (3-6); a settle waits for the one before it, after
 # the call, where no caller waits for it.
-SETTLE_BATCH_MAX = 32
+BATCH_MAX = 32
 SETTLERS = 1
 # the reserves' function calls go together the same way (a reserve waits for the call's Dial:
 # two lanes, so one waits at most for the statement running in the other)
@@ -602,7 +603,7 @@ class _Together(Generic[Q, R]):
     """Requests of one kind that wait while others run go to the database together.
 
     A request waits in line for one of ``lanes`` runners. A runner takes every request waiting,
-    first come first, up to :data:`SETTLE_BATCH_MAX` and no key twice (a second request of one
+    first come first, up to :data:`BATCH_MAX` and no key twice (a second request of one
     key waits for the next turn): one alone runs ``alone``, several run ``together``, one
     statement and one commit for all (group commit: under load the database saves a
     statement, a transaction and a WAL flush per request), which gives each request its result
@@ -677,7 +678,7 @@ class _Together(Generic[Q, R]):
         batch: list[tuple[Q, asyncio.Future[R]]] = []
         keys: set[object] = set()
         again: list[tuple[Q, asyncio.Future[R]]] = []
-        while waiting and len(batch) < SETTLE_BATCH_MAX:
+        while waiting and len(batch) < BATCH_MAX:
             item = waiting.popleft()
             if item[1].done():  # its caller went away (only without a shield)
                 continue
