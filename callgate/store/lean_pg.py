@@ -250,6 +250,8 @@ _RESERVE_TYPES = (
     "timestamptz",
     "timestamptz",
 )
+# the places of the call's key among callgate_reserve_if_unchanged's arguments ($12, $13)
+_UNIQUEID_ARG, _ASTERISK_ARG = 11, 12
 _RESERVE_MANY = (
     "SELECT s.n, callgate_reserve_if_unchanged("
     + ", ".join(f"s.p{k}" for k in range(len(_RESERVE_TYPES)))
@@ -758,7 +760,7 @@ class LeanPostgres:
             self._reserve_alone,
             self._reserve_many,
             lanes=RESERVERS,
-            key=lambda args: (args[12], args[11]),  # (asterisk, uniqueid)
+            key=lambda args: (args[_ASTERISK_ARG], args[_UNIQUEID_ARG]),
             abandoned=self._reserved_for_nobody,
         )
         self.reserve_batches = self._reserves.sizes
@@ -1035,7 +1037,7 @@ class LeanPostgres:
         """A reserve whose session ended while it ran: release what it inserted."""
         if inserted:
             task = asyncio.create_task(
-                self._release_abandoned(uniqueid=args[11], asterisk=args[12])
+                self._release_abandoned(uniqueid=args[_UNIQUEID_ARG], asterisk=args[_ASTERISK_ARG])
             )
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
