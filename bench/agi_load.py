@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import socket
@@ -303,23 +304,110 @@ def _answered_at_once(spec: ChannelSpec) -> AsteriskEmulator:
     return AsteriskEmulator(spec, dial_outcomes=[DialOutcome.answered(30_000)], hangup_delay_ms=0)
 
 
-async def open_loop(port: int, rate: int, seconds: float) -> LoadResult:
+class StealSampler:
+    """Samples /proc/stat every 20 ms while the open loop runs: how much of the box's CPU time
+    the hypervisor took (steal) and how busy the box was, to read a burst of slow calls against
+    (a shared VM can stop every process on it for tens of milliseconds)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int, int]] = []  # (monotonic, steal, idle, total)
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _read() -> tuple[int, int, int] | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            return fields[7], fields[3] + fields[4], sum(fields[:8])
+        return None
+
+    async def _run(self) -> None:
+        while True:
+            sample = self._read()
+            if sample is not None:
+                self.samples.append((time.monotonic(), *sample))
+            await asyncio.sleep(0.02)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def window(self, start: float, end: float) -> str:
+        """Steal and busy shares of all CPUs over [start - 20 ms, end + 20 ms]."""
+        inside = [s for s in self.samples if start - 0.02 <= s[0] <= end + 0.02]
+        if len(inside) < 2:
+            return "steal n/a"
+        first, last = inside[0], inside[-1]
+        total = last[3] - first[3]
+        if total <= 0:
+            return "steal n/a (under one clock tick)"
+        steal = (last[1] - first[1]) / total
+        busy = 1 - (last[2] - first[2]) / total
+        return f"steal {steal:.0%}, CPUs busy {busy:.0%}"
+
+
+@dataclasses.dataclass
+class OpenLoop:
+    """An open-loop run: the totals, and per call its start (s after the loop began) and its
+    header->Dial time (None: not dialled)."""
+
+    result: LoadResult
+    began: float
+    timeline: list[tuple[float, float | None]]
+    steal: StealSampler
+
+    def slow_bursts(self, slow_ms: float, gap: int = 5) -> list[str]:
+        """Runs of calls over ``slow_ms``, joined across up to ``gap`` faster calls between."""
+        slow = [i for i, (_, ms) in enumerate(self.timeline) if ms is not None and ms > slow_ms]
+        runs: list[list[int]] = []
+        for index in slow:
+            if runs and index - runs[-1][-1] <= gap + 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        lines = []
+        for run in runs:
+            first, last = run[0], run[-1]
+            at = self.timeline[first][0]
+            end = (
+                self.timeline[last][0]
+                + max(ms or 0.0 for _, ms in self.timeline[first : last + 1]) / 1000
+            )
+            worst = max(self.timeline[i][1] or 0.0 for i in run)
+            box = self.steal.window(self.began + at, self.began + end)
+            lines.append(
+                f"   slow calls {first}-{last} ({len(run)} over {slow_ms:g} ms,"
+                f" worst {worst:.1f} ms) from {at:.2f} s: {box}"
+            )
+        return lines
+
+
+async def open_loop(port: int, rate: int, seconds: float) -> OpenLoop:
     """Offer ``rate`` calls per second for ``seconds``; each call runs on its own."""
     client = FakeAsterisk("127.0.0.1", port)
     tasks: list[asyncio.Task[object]] = []
     total = int(rate * seconds)
+    steal = StealSampler()
+    steal.start()
     started = time.monotonic()
+    starts: list[float] = []
     for index in range(total):
         due = started + index / rate
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         spec = _spec(index + 10_000_000 * rate, "call")
+        starts.append(time.monotonic() - started)
         tasks.append(asyncio.create_task(client.call(spec, _answered_at_once(spec))))
     results = [await task for task in tasks]
     wall = (time.monotonic() - started) * 1000
+    await steal.stop()
     ok = [r for r in results if r.ok]  # type: ignore[attr-defined]
-    return LoadResult(
+    result = LoadResult(
         calls=total,
         completed=len(ok),
         lingered=0,
@@ -328,6 +416,11 @@ async def open_loop(port: int, rate: int, seconds: float) -> LoadResult:
         setup_ms=tuple(r.setup_ms for r in ok if r.setup_ms is not None),  # type: ignore[attr-defined]
         session_ms=tuple(r.duration_ms for r in ok),  # type: ignore[attr-defined]
     )
+    timeline = [
+        (at, r.setup_ms if r.ok else None)  # type: ignore[attr-defined]
+        for at, r in zip(starts, results, strict=True)
+    ]
+    return OpenLoop(result, started, timeline, steal)
 
 
 async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
@@ -381,23 +474,25 @@ async def held_calls(server: Server, count: int) -> tuple[int, int, int]:
     return before, during, in_dial
 
 
-async def bare_at_rate(rate: int, seconds: float) -> str:
+async def bare_at_rate(rate: int, seconds: float, slow_ms: float | None) -> str:
     """The same open loop against the bare asyncio server: the latency and the CPU the
     benchmark itself (the fake Asterisk, the loopback, a server that does nothing) costs at this
     rate, to read callgate's figures against."""
     async with bare_server("raw", max_sessions=12_000) as (port, pid):
         meter = CpuMeter(pid, None)
         meter.start()
-        result = await open_loop(port, rate, seconds)
+        run = await open_loop(port, rate, seconds)
+        result = run.result
         server_ms = meter.server_ms(result.calls)
     p = LoadResult.percentile
-    return (
+    line = (
         f"   the bare asyncio server at the same rate: {len(result.setup_ms)} of {result.calls}"
         f" dialled, header->Dial p50 {p(result.setup_ms, 50):.1f} ms"
-        f" p99 {p(result.setup_ms, 99):.1f} ms; CPU per call: the bare server {server_ms:.2f} ms,"
-        " the fake Asterisk"
-        f" {meter.client_ms(result.calls):.2f} ms"
+        f" p99 {p(result.setup_ms, 99):.1f} ms; CPU per call: the bare server"
+        f" {server_ms:.2f} ms, the fake Asterisk {meter.client_ms(result.calls):.2f} ms"
     )
+    slow = run.slow_bursts(slow_ms) if slow_ms is not None else []
+    return "\n".join([line, *slow])
 
 
 def _fmt(result: LoadResult) -> str:
@@ -458,14 +553,18 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
             for rate in offered_rates(args.rates, ceiling):
                 share = rate / ceiling if ceiling else 0.0
                 cpu.start()
-                offered = await open_loop(port, rate, args.seconds)
+                run = await open_loop(port, rate, args.seconds)
+                offered = run.result
                 print(
                     f"open loop, {rate} calls/s offered ({share:.0%} of the bare ceiling): "
                     f"{_fmt(offered)}",
                     flush=True,
                 )
                 print(cpu.report(offered), flush=True)
-                print(await bare_at_rate(rate, args.seconds), flush=True)
+                if args.slow_ms is not None:
+                    for line in run.slow_bursts(args.slow_ms):
+                        print(line, flush=True)
+                print(await bare_at_rate(rate, args.seconds, args.slow_ms), flush=True)
         if args.held:  # a fresh server: the overload of the last run must not linger
             async with Server(url, _free_port(), log.with_suffix(".held.log")) as server:
                 before, during, seen = await held_calls(server, args.held)
@@ -491,6 +590,13 @@ async def main() -> None:
         "--rates",
         default="40%",
         help="open-loop offered rates, calls/s or a %% of the bare ceiling (default 40%%)",
+    )
+    parser.add_argument(
+        "--slow-ms",
+        type=float,
+        default=None,
+        help="list the open loop's runs of calls slower than this (header->Dial), with the CPU"
+        " steal and load of the box while they ran",
     )
     args = parser.parse_args()
     args.results = {}
