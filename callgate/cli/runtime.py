@@ -130,6 +130,7 @@ async def open_call_path(
             return CallPath(lean_pg, lean_pg, lean_pg.close)
         if sqlite_file(engine) is not None:
             lean = LeanSqlite.for_engine(engine, grace_seconds=grace_seconds, server=server)
+            await engine.dispose()  # the pooled connections reopen without autocheckpoints
             return CallPath(lean, lean, lean.aclose)
         log.warning("database.call_path = lean needs an SQLite file; in memory, using core")
     return CallPath(

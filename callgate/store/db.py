@@ -60,6 +60,8 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        if sync_engine in _CHECKPOINTED_IN_THREAD:
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
@@ -69,6 +71,19 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
 
 
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+_CHECKPOINTED_IN_THREAD: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def checkpoint_in_thread(engine: AsyncEngine, on: bool = True) -> None:
+    """Turn SQLite's automatic WAL checkpoints off (``on``) or back on for the connections
+    ``engine`` opens from now on: a :class:`~callgate.store.wal.WalCheckpointer` runs them
+    instead. Otherwise one of these connections' COMMIT would checkpoint, fsyncs included,
+    while it holds :func:`writer_lock`, and every call's reserve and settle would wait for the
+    disk behind it. Connections already in the pool keep their setting: dispose of them."""
+    if on:
+        _CHECKPOINTED_IN_THREAD.add(engine.sync_engine)
+    else:
+        _CHECKPOINTED_IN_THREAD.discard(engine.sync_engine)
 
 
 def writer_lock(engine: AsyncEngine) -> asyncio.Lock:

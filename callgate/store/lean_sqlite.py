@@ -57,7 +57,7 @@ from callgate.schema.types import (
 from callgate.store._errors_map import translate
 from callgate.store.accounts import ACCOUNT_FIELD_NAMES, Account, account_from_values
 from callgate.store.callstore import caller_account
-from callgate.store.db import SQLITE_BUSY_TIMEOUT_MS, writer_lock
+from callgate.store.db import SQLITE_BUSY_TIMEOUT_MS, checkpoint_in_thread, writer_lock
 from callgate.store.errors import ConflictError, NotFoundError, StoreUnavailableError
 from callgate.store.ledger import (
     ZERO,
@@ -71,6 +71,7 @@ from callgate.store.ledger import (
     check_usable,
 )
 from callgate.store.ports import NO_LIMITS, CallerAccount, Grant, Refused, SettledCall
+from callgate.store.wal import WalCheckpointer
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,15 @@ class LeanSqlite:
             conn.execute("PRAGMA busy_timeout = 0")  # busy: retried without blocking the loop
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # its COMMITs run on the event loop: the checkpoint's fsyncs run in a thread instead
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             conn.close()
             raise translate(_driver_error(exc), "open the call path's SQLite connection") from exc
         self._conn = conn
+        self.checkpointer = WalCheckpointer(path)
+        self.checkpointer.start()
+        self._engine: AsyncEngine | None = None
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine, *, grace_seconds: int, server: str = "") -> LeanSqlite:
@@ -231,10 +237,16 @@ class LeanSqlite:
         path = sqlite_file(engine)
         if path is None:
             raise ValueError(f"{engine.url.render_as_string()}: not an SQLite database file")
-        return cls(path, writer=writer_lock(engine), grace_seconds=grace_seconds, server=server)
+        lean = cls(path, writer=writer_lock(engine), grace_seconds=grace_seconds, server=server)
+        checkpoint_in_thread(engine)  # the engine's commits must not checkpoint either
+        lean._engine = engine
+        return lean
 
     def close(self) -> None:
         self._conn.close()
+        self.checkpointer.stop()
+        if self._engine is not None:
+            checkpoint_in_thread(self._engine, on=False)
 
     async def aclose(self) -> None:
         """:meth:`close`, for the runtime's closers."""
