@@ -83,3 +83,27 @@ async def test_the_call_path_connection_leaves_checkpoints_to_its_thread(tmp_pat
     finally:
         lean.close()
     assert not lean.checkpointer.running
+
+
+async def test_engine_connections_opened_after_the_switch_do_not_autocheckpoint(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import text
+
+    from callgate.store.db import checkpoint_in_thread, create_engine
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'e.db'}")
+    try:
+        async with engine.connect() as conn:
+            before = (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one()
+        checkpoint_in_thread(engine)
+        await engine.dispose()
+        async with engine.connect() as conn:
+            after = (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one()
+        checkpoint_in_thread(engine, on=False)
+        await engine.dispose()
+        async with engine.connect() as conn:
+            again = (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert (before, after, again) == (1000, 0, 1000)
