@@ -9,7 +9,7 @@ waited for the disk: in one benchmark run on this machine's ext4 disk 112 commit
 So while the call path runs on SQLite, the connections of the process have automatic
 checkpoints off (``PRAGMA wal_autocheckpoint = 0``;
 :func:`callgate.store.db.checkpoint_in_thread`) and :class:`WalCheckpointer` runs
-``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_seconds`` on a connection of its own, in a
+``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_ms`` on a connection of its own, in a
 daemon thread. A passive checkpoint never
 takes the write lock and never waits: writers go on appending to the log while it copies, and
 the fsyncs block only this thread. When a checkpoint has copied the whole log, the next writer
@@ -28,26 +28,26 @@ import time
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_INTERVAL_SECONDS = 0.5
+CHECKPOINT_INTERVAL_MS = 500
 # a log still this long after a checkpoint means a reader holds an old snapshot: say so
 LONG_LOG_FRAMES = 50_000  # about 200 MB of 4 KiB pages
-WARN_EVERY_SECONDS = 60.0
+WARN_EVERY_SECONDS = 60
 
 
 class WalCheckpointer:
-    """Checkpoints the database at ``path`` every ``interval_seconds`` until :meth:`stop`."""
+    """Checkpoints the database at ``path`` every ``interval_ms`` until :meth:`stop`."""
 
-    def __init__(self, path: str, *, interval_seconds: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
+    def __init__(self, path: str, *, interval_ms: int = CHECKPOINT_INTERVAL_MS) -> None:
+        if interval_ms <= 0:
+            raise ValueError("interval_ms must be positive")
         self.path = path
-        self.interval_seconds = interval_seconds
+        self.interval_ms = interval_ms
         self.checkpoints = 0  # passes that ran
         self.last: tuple[int, int] | None = None  # (frames in the log, of them copied)
         self.failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warned_at = -WARN_EVERY_SECONDS
+        self._warned_at: float = -WARN_EVERY_SECONDS  # monotonic clock
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -76,7 +76,7 @@ class WalCheckpointer:
         try:
             conn.execute("PRAGMA synchronous = NORMAL")
             while True:
-                stopping = self._stop.wait(self.interval_seconds)
+                stopping = self._stop.wait(self.interval_ms / 1000)
                 self.checkpoint(conn)
                 if stopping:
                     return

@@ -28,7 +28,7 @@ def test_the_thread_checkpoints_what_commits_wrote(tmp_path: Path) -> None:
         conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 500 + str(i),))
     wal = Path(f"{path}-wal")
     assert wal.stat().st_size > 0
-    checkpointer = WalCheckpointer(str(path), interval_seconds=0.05)
+    checkpointer = WalCheckpointer(str(path), interval_ms=50)
     checkpointer.start()
     try:
         deadline = time.monotonic() + 5
@@ -66,8 +66,8 @@ def test_a_checkpointed_log_is_reused_instead_of_growing(tmp_path: Path) -> None
 
 
 def test_interval_must_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="interval_seconds"):
-        WalCheckpointer(str(tmp_path / "w.db"), interval_seconds=0)
+    with pytest.raises(ValueError, match="interval_ms"):
+        WalCheckpointer(str(tmp_path / "w.db"), interval_ms=0)
 
 
 async def test_the_call_path_connection_leaves_checkpoints_to_its_thread(tmp_path: Path) -> None:
