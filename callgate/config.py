@@ -81,6 +81,9 @@ class AgiSettings:
     # when installed). README "Load" has both measured: uvloop is faster below capacity, but
     # past it calls queue longer instead of being shed at once
     event_loop: str = "asyncio"
+    # a hold of the event loop this long or more (every live call waits behind it) is logged
+    # with what the loop was running, and counted; 0 turns the watch off
+    loop_stall_ms: int = 50
 
     def __post_init__(self) -> None:
         if self.event_loop not in EVENT_LOOPS:
@@ -88,9 +91,15 @@ class AgiSettings:
                 f"setting agi.event_loop: must be one of {', '.join(EVENT_LOOPS)},"
                 f" not {self.event_loop!r}"
             )
+        if self.loop_stall_ms < 0 or 0 < self.loop_stall_ms <= LOOP_BEAT_MS:
+            raise SettingsError(
+                f"setting agi.loop_stall_ms: must be 0 (off) or more than {LOOP_BEAT_MS},"
+                f" not {self.loop_stall_ms}"
+            )
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+LOOP_BEAT_MS = 10  # the loop watch's beat; agi.loop_stall_ms must be longer
 CALL_PATHS = ("lean", "core")
 
 

@@ -113,6 +113,17 @@ AGI_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Histogram(
+    "callgate_event_loop_lag_seconds",
+    "How late the event loop ran a callback due every 10 ms: every live call waits this long",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+EVENT_LOOP_STALLS = Counter(
+    "callgate_event_loop_stalls",
+    "Holds of the event loop of [agi] loop_stall_ms or more (each logged with the loop's stack)",
+    registry=REGISTRY,
+)
 LIVE_CALLS = Gauge(
     "callgate_live_calls",
     "Calls in progress (open reservations) by trunk",

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -63,6 +64,10 @@ async def until(predicate: object, within: float = 5.0) -> None:
             await asyncio.sleep(0.02)
 
 
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # a blocking call on the serve loop
+
+
 def _spec(uniqueid: str, accountcode: str) -> ChannelSpec:
     return ChannelSpec(uniqueid=uniqueid, accountcode=accountcode, extension="0044207946")
 
@@ -109,6 +114,10 @@ async def test_serve_exposes_metrics_that_move_with_calls(engine: AsyncEngine, d
             await until(
                 lambda: runtime.listener is not None and len(runtime.listener.channels()) == 3
             )
+            # the loop watch is on by default: hold the serve loop past agi.loop_stall_ms
+            assert runtime.loopwatch is not None and runtime.loopwatch.stall_ms == 50
+            _hold_the_loop(0.12)
+            await until(lambda: runtime.loopwatch is not None and len(runtime.loopwatch.stalls) > 0)
             after = await scrape(port)
         finally:
             await runtime.stop(1)
@@ -127,6 +136,8 @@ async def test_serve_exposes_metrics_that_move_with_calls(engine: AsyncEngine, d
     assert value(after, "callgate_asr_ratio") > 0 and value(after, "callgate_acd_seconds") > 0
     assert value(after, "callgate_ami_live_channels", server="asterisk") == 3
     assert delta("callgate_agi_sessions_total", outcome="ok") == 2  # the global registry too
+    assert delta("callgate_event_loop_stalls_total") == 1
+    assert delta("callgate_event_loop_lag_seconds_count") > 0
     for (name, labels), _ in after.items():  # bounded labels: never an account or a number
         for key, label in labels:
             assert "7000000003" not in label and "0044207946" not in label, (name, key)

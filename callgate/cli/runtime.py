@@ -26,6 +26,7 @@ from callgate.ami.client import AmiClient
 from callgate.ami.listener import AmiListener
 from callgate.ami.reaper import run_live_gauges, run_reaper
 from callgate.config import Settings
+from callgate.loopwatch import LoopWatch
 from callgate.store.callstore import RoutingData, SqlAccounts, SqlLedger, WholesaleData
 from callgate.store.db import create_engine, is_sqlite
 from callgate.store.errors import StoreError
@@ -55,6 +56,7 @@ class Runtime:
     metrics_server: metrics.MetricsServer | None = None
     ami: AmiClient | None = None
     listener: AmiListener | None = None
+    loopwatch: LoopWatch | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -239,10 +241,21 @@ async def _listen(listener: AmiListener, client: AmiClient) -> None:
         await client.close()
 
 
+async def _watching(watch: LoopWatch) -> None:
+    watch.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        watch.stop()
+
+
 async def start_monitoring(runtime: Runtime) -> None:
-    """The metrics endpoint, the reaper, the live gauges and (``[ami] enabled``) the AMI
-    listener. Only the metrics bind can fail start-up; AMI reconnects in the background."""
+    """The metrics endpoint, the loop watch, the reaper, the live gauges and (``[ami] enabled``)
+    the AMI listener. Only the metrics bind can fail start-up; AMI reconnects in the background."""
     settings, engine = runtime.settings, runtime.engine
+    if settings.agi.loop_stall_ms:
+        watch = runtime.loopwatch = LoopWatch(settings.agi.loop_stall_ms)
+        runtime.spawn("loop-watch", lambda: _watching(watch))
     metrics.track_rates(lambda: _count_rates(runtime.cache))
     if settings.metrics.enabled:
         http = metrics.MetricsServer(settings.metrics.host, settings.metrics.port)
