@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -517,6 +518,38 @@ def offered_rates(spec: str, bare_rate: float) -> list[int]:
     return rates
 
 
+@contextlib.asynccontextmanager
+async def py_spy(pid: int, prefix: str | None, name: str) -> AsyncIterator[None]:
+    """With ``--profile PREFIX``: py-spy samples the serve process (without pausing it) while the
+    block runs, into PREFIX-NAME.txt as collapsed stacks (one line per stack: frames;... count)."""
+    if prefix is None:
+        yield
+        return
+    out = f"{prefix}-{name}.txt"
+    spy = await asyncio.create_subprocess_exec(
+        "py-spy",
+        "record",
+        "--nonblocking",
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        out,
+        "--pid",
+        str(pid),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.5)  # attached before the load starts
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        await spy.wait()
+        print(f"   py-spy profile of callgate serve: {out}", flush=True)
+
+
 async def run_backend(backend: str, args: argparse.Namespace) -> None:
     async with bench_database(backend) as url:
         print(f"== {backend}: seeding {ACCOUNTS} accounts ...", flush=True)
@@ -553,7 +586,8 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
             for rate in offered_rates(args.rates, ceiling):
                 share = rate / ceiling if ceiling else 0.0
                 cpu.start()
-                run = await open_loop(port, rate, args.seconds)
+                async with py_spy(server.proc.pid, args.profile, f"{backend}-{rate}"):
+                    run = await open_loop(port, rate, args.seconds)
                 offered = run.result
                 print(
                     f"open loop, {rate} calls/s offered ({share:.0%} of the bare ceiling): "
@@ -597,6 +631,13 @@ async def main() -> None:
         default=None,
         help="list the open loop's runs of calls slower than this (header->Dial), with the CPU"
         " steal and load of the box while they ran",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        default=None,
+        help="sample callgate serve with py-spy during each open-loop run (pip install py-spy),"
+        " into PREFIX-BACKEND-RATE.txt as collapsed stacks",
     )
     args = parser.parse_args()
     args.results = {}
