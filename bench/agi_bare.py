@@ -1,10 +1,12 @@
 """Bare ceiling of the FastAGI load benchmark: complete sessions per second with no work.
 
-The server runs the protocol part of the call flow of DESIGN.md §5 (9 commands: clear the answer
-stamp, EXEC Dial with U() and L(), read the end stamp, the answer stamp, DIALSTATUS,
-ANSWEREDTIME_MS, HANGUPCAUSE, set CALLGATE_ACCOUNT and CALLGATE_STATUS) and does nothing else:
-no database, no rating. It runs in a child process (so client and server each get a core) in
-one of two forms:
+The server sends the commands callgate's `call` flow sends for a dialled call (4 commands: one
+``EXEC MSet`` of CALLGATE_ACCOUNT, CALLGATE_MAXSEC and the cleared answer stamp, ``EXEC Dial``
+with U() and L(), one GET FULL VARIABLE of the outcome, one ``EXEC MSet`` of CALLGATE_STATUS and
+CALLGATE_HANGUPCAUSE) and does nothing else: no database, no rating. Until 2026-12-08 callgate
+and this server sent 7 and 9 commands (one variable per SET VARIABLE, the outcome in five reads);
+ceilings measured before then are not comparable with later ones. It runs in a child process (so
+client and server each get a core) in one of two forms:
 
 * ``agi``: callgate's `AgiServer` + `AgiSession` (our protocol layer, deadlines and all);
 * ``raw``: a hand-written asyncio server that writes the same commands and reads replies with no
@@ -26,43 +28,45 @@ import time
 from collections.abc import AsyncIterator
 
 from callgate.agi.client import AsteriskEmulator, ChannelSpec, DialOutcome, LoadResult, run_load
+from callgate.agi.codec import encode_command
+from callgate.agi.flows.call import ANSWER_STAMP, OUTCOME_EXPR
 from callgate.agi.server import AgiServer
 from callgate.agi.session import MAX_LINE_BYTES, AgiSession
 
 LIMIT = "L(3600000:60000:30000)"
 
 
+BEFORE_DIAL = ("CALLGATE_ACCOUNT=acct-1001", "CALLGATE_MAXSEC=3600", f"{ANSWER_STAMP}=")
+OUTCOME = ("CALLGATE_STATUS=OK", "CALLGATE_HANGUPCAUSE=16")
+
+
 def commands_for(uniqueid: str, extension: str) -> list[bytes]:
     """The command lines of one bare call, as the raw server sends them."""
     return [
-        b'SET VARIABLE SHARED(CALLGATE_ANSWER_MS) ""\n',
-        f"EXEC Dial PJSIP/{extension}@carrier,60,U(callgate-answered^{uniqueid}){LIMIT}\n".encode(),
-        b"GET FULL VARIABLE ${STRFTIME(,,%s%3q)}\n",
-        b"GET VARIABLE SHARED(CALLGATE_ANSWER_MS)\n",
-        b"GET VARIABLE DIALSTATUS\n",
-        b"GET VARIABLE ANSWEREDTIME_MS\n",
-        b"GET VARIABLE HANGUPCAUSE\n",
-        b"SET VARIABLE CALLGATE_ACCOUNT acct-1001\n",
-        b"SET VARIABLE CALLGATE_STATUS OK\n",
+        encode_command("EXEC", "MSet", ",".join(BEFORE_DIAL)),
+        encode_command(
+            "EXEC", "Dial", f"PJSIP/{extension}@carrier,60,U(callgate-answered^{uniqueid}){LIMIT}"
+        ),
+        encode_command("GET FULL VARIABLE", OUTCOME_EXPR),
+        encode_command("EXEC", "MSet", ",".join(OUTCOME)),
     ]
+
+
+def _pairs(entries: tuple[str, ...]) -> list[tuple[str, str | int]]:
+    return [(name, value) for name, _, value in (entry.partition("=") for entry in entries)]
 
 
 async def bare_flow(session: AgiSession) -> None:
     """The same commands through AgiSession."""
     env = session.env
-    await session.set_variable("SHARED(CALLGATE_ANSWER_MS)", "")
+    await session.set_variables(_pairs(BEFORE_DIAL))
     await session.exec(
         "Dial",
         f"PJSIP/{env.extension}@carrier,60,U(callgate-answered^{env.uniqueid}){LIMIT}",
         timeout_ms=4 * 3600 * 1000,
     )
-    await session.get_full_variable("${STRFTIME(,,%s%3q)}")
-    await session.get_variable("SHARED(CALLGATE_ANSWER_MS)")
-    await session.get_variable("DIALSTATUS")
-    await session.get_variable("ANSWEREDTIME_MS")
-    await session.get_variable("HANGUPCAUSE")
-    await session.set_variable("CALLGATE_ACCOUNT", "acct-1001")
-    await session.set_variable("CALLGATE_STATUS", "OK")
+    await session.get_full_variable(OUTCOME_EXPR)
+    await session.set_variables(_pairs(OUTCOME))
 
 
 async def raw_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -201,7 +205,7 @@ async def main() -> None:
         return
     print(
         f"python {sys.version.split()[0]}; {args.calls} calls, concurrency {args.concurrency}, "
-        f"9 AGI commands per call, server "
+        f"{len(commands_for('u', '1'))} AGI commands per call, server "
         + ("on the same event loop" if args.in_process else "in a child process")
     )
     modes = ["raw", "agi"] if args.mode == "both" else [args.mode]

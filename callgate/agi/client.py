@@ -123,6 +123,7 @@ _KNOWN_APPS: Final = frozenset(
         "gosub",
         "hangup",
         "log",
+        "mset",
         "noop",
         "playback",
         "progress",
@@ -336,6 +337,32 @@ def _parse_dial_options(options: str) -> dict[str, str]:
     return parsed
 
 
+def split_app_args(text: str) -> list[str]:
+    """An application's arguments split the way Asterisk's ``ast_app_separate_args`` does: on
+    commas outside parentheses and double quotes; the quotes dropped, a backslash keeps the next
+    character as it is."""
+    out: list[str] = []
+    current: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and depth == 0 and not quoted:
+            out.append("".join(current))
+            current = []
+        else:
+            if not quoted:
+                depth += {"(": 1, ")": -1}.get(char, 0)
+            current.append(char)
+    out.append("".join(current))
+    return out
+
+
 _EXPR = re.compile(r"\$\{([^{}]*)\}")
 
 
@@ -345,7 +372,8 @@ class AsteriskEmulator:
     Scripted inputs: ``variables`` (preset channel variables), ``dial_outcomes`` (one per Dial
     attempt; the last one repeats), ``digits`` (one entry per GET DATA; ``""`` = timeout),
     ``missing_files`` (STREAM FILE/GET DATA fail), ``hangup_during`` (verbs during which the
-    caller hangs up: ``200 result=-1`` then ``HANGUP``). Recorded: `dials`, `violations`
+    caller hangs up: ``200 result=-1`` then ``HANGUP``), ``missing_apps`` (applications this
+    Asterisk lacks: EXEC answers ``-2``). Recorded: `dials`, `violations`
     (protocol misuse the flow should never do, e.g. ``L(0)`` or ``${...}`` in EXEC).
     """
 
@@ -363,8 +391,10 @@ class AsteriskEmulator:
         usage_delay_ms: float = 0.0,
         answer_delay_ms: float = 0.0,
         clock_ms: Callable[[], int] = _wall_ms,
+        missing_apps: Iterable[str] = (),
     ) -> None:
         self.spec = spec or ChannelSpec()
+        self.missing_apps = frozenset(app.lower() for app in missing_apps)
         self.variables: dict[str, str] = dict(variables or {})
         self.shared: dict[str, str] = {}
         self.database: dict[tuple[str, str], str] = {}
@@ -564,13 +594,20 @@ class AsteriskEmulator:
         if "${" in app_args:
             self.violations.append(f"EXEC {app} args hold ${{...}}, which EXEC does not expand")
         name = app.lower()
-        if name not in _KNOWN_APPS:
+        if name not in _KNOWN_APPS or name in self.missing_apps:
             return self._ok(-2)
         if name == "dial":
             return self._dial(app_args)
         if name == "set":
             key, _, value = app_args.partition("=")
             self._write(key, value)
+        elif name == "mset":
+            for entry in split_app_args(app_args):
+                key, eq, value = entry.partition("=")
+                if not eq:
+                    self.violations.append(f"MSet entry {entry!r} without '=': Asterisk ignores it")
+                    continue
+                self._write(key, value)
         elif name == "wait":
             seconds = float(app_args or "0")
             return [Emit(b"200 result=0\n", self._pass_time(int(seconds * 1000)))]

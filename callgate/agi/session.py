@@ -18,8 +18,10 @@ import asyncio
 import contextvars
 import logging
 import math
+import re
 import time
 import weakref
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -56,6 +58,19 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: What :meth:`AgiSession.set_variables` sends in one MSet: names of variables or of functions
+#: with a plain argument, values with no quote, comma, backslash, space or ``$`` (MSet strips
+#: quotes, unescapes backslashes and splits on commas; EXEC does not expand ``${...}``).
+PLAIN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z0-9_]+\))?")
+PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9_.:@+*#-]*")
+#: Asterisk boxes (their session's ``asterisk`` key) that answered EXEC MSet with -2.
+_NO_MSET: set[str] = set()
+
+
+def _plain(name: str, value: str) -> bool:
+    return PLAIN_NAME.fullmatch(name) is not None and PLAIN_VALUE.fullmatch(value) is not None
+
 
 #: The uniqueid of the call the current task serves ("-" outside a call), for logging.
 current_uniqueid: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -490,6 +505,31 @@ class AgiSession:
     async def set_variable(self, name: str, value: str | int) -> None:
         """SET VARIABLE (also dialplan functions: ``CDR(x)``, ``SHARED(X)``)."""
         await self.command("SET VARIABLE", name, value)
+
+    async def set_variables(self, pairs: Sequence[tuple[str, str | int]]) -> None:
+        """Set several variables (or dialplan functions) in one round trip when it is safe.
+
+        Two or more pairs whose names and values are all plain (:data:`PLAIN_NAME`,
+        :data:`PLAIN_VALUE`: nothing MSet would unquote, unescape or split on) go as one
+        ``EXEC MSet(name1=value1,name2=value2,...)``, a core Asterisk application since 13.8; any
+        other pair, or an Asterisk where MSet is missing (``-2``), gets its own SET VARIABLE, in
+        order."""
+        texts = [(name, str(value)) for name, value in pairs]
+        if (
+            len(texts) >= 2
+            and self.asterisk not in _NO_MSET
+            and all(_plain(name, value) for name, value in texts)
+        ):
+            args = ",".join(f"{name}={value}" for name, value in texts)
+            if await self.exec("MSet", args) != -2:
+                return
+            _NO_MSET.add(self.asterisk)
+            log.warning(
+                "Asterisk %s has no MSet application: setting variables one by one",
+                self.asterisk or "(unnamed)",
+            )
+        for name, value in texts:
+            await self.set_variable(name, value)
 
     async def exec(self, app: str, args: str = "", *, timeout_ms: int | None = None) -> int:
         """EXEC an application with ``args`` sent as ONE argument (Asterisk only passes argv[2]

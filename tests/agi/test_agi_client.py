@@ -20,6 +20,7 @@ from callgate.agi.client import (
     LoadResult,
     ReceivedCommand,
     run_load,
+    split_app_args,
 )
 from callgate.agi.errors import AgiHangup
 from callgate.agi.server import AgiServer, Handler
@@ -302,3 +303,15 @@ def test_percentile() -> None:
     assert LoadResult.percentile(values, 99) == 99.0
     assert LoadResult.percentile(values, 100) == 100.0
     assert LoadResult.percentile([], 50) == 0.0
+
+
+def test_application_arguments_split_as_asterisk_does() -> None:
+    assert split_app_args('A=1,B="x,y",SHARED(C)=,D=f(1\\,2),E=a\\,b') == [
+        "A=1",
+        "B=x,y",
+        "SHARED(C)=",
+        "D=f(1,2)",
+        "E=a,b",
+    ]
+    assert split_app_args("F(a,b)=1,G=2") == ["F(a,b)=1", "G=2"]
+    assert split_app_args("") == [""]

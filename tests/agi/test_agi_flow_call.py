@@ -175,6 +175,15 @@ async def test_answered_call_is_limited_and_billed_from_the_answer_stamp(
     assert emulator.variables["CALLGATE_STATUS"] == "OK"
     assert emulator.variables["CALLGATE_ACCOUNT"] == "1000000001"
     assert emulator.variables["CALLGATE_MAXSEC"] == "96"
+    # four round trips: the dialplan's variables ride with the stamp cleared before Dial and
+    # with the outcome, one MSet each
+    assert len(result.lines) == 4, result.lines
+    assert result.lines[0] == (
+        "EXEC MSet CALLGATE_ACCOUNT=1000000001,CALLGATE_MAXSEC=96,SHARED(CALLGATE_ANSWER_MS)="
+    )
+    assert result.lines[1].startswith("EXEC Dial PJSIP/00442079460000@gw-a,")
+    assert result.lines[2].startswith("GET FULL VARIABLE ")
+    assert result.lines[3] == "EXEC MSet CALLGATE_STATUS=OK,CALLGATE_HANGUPCAUSE=16"
 
 
 async def test_limit_cuts_the_call_and_the_charge_never_exceeds_the_grant(
@@ -355,7 +364,7 @@ async def test_overload_refuses_new_calls_at_once_without_the_database(engine: A
 
 
 class _SlowBeforeDial(AsteriskEmulator):
-    """Answers ``SET VARIABLE CALLGATE_ACCOUNT`` (sent between the reserve and the Dial) after
+    """Answers ``EXEC MSet CALLGATE_ACCOUNT=...`` (sent between the reserve and the Dial) after
     ``hold_ms`` of real time, and says when it got it: the call is in set-up meanwhile."""
 
     def __init__(self, spec: ChannelSpec, hold_ms: float, in_setup: asyncio.Event) -> None:
@@ -365,7 +374,7 @@ class _SlowBeforeDial(AsteriskEmulator):
 
     def __call__(self, command: ReceivedCommand) -> Sequence[Emit]:
         emits = super().__call__(command)
-        if command.line.startswith("SET VARIABLE CALLGATE_ACCOUNT"):
+        if command.line.startswith("EXEC MSet CALLGATE_ACCOUNT="):
             self.in_setup.set()
             return [Emit(emit.data, emit.delay_ms + self.hold_ms) for emit in emits]
         return emits

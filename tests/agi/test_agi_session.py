@@ -134,6 +134,75 @@ async def test_exec_args_are_one_argument_and_not_expanded() -> None:
     assert emulator.violations == ["EXEC NoOp args hold ${...}, which EXEC does not expand"]
 
 
+async def test_plain_variables_go_in_one_mset_and_the_rest_one_by_one() -> None:
+    async def flow(s: AgiSession) -> None:
+        await s.set_variables(
+            [
+                ("CALLGATE_ACCOUNT", "7000000003"),
+                ("CALLGATE_MAXSEC", 3600),
+                ("SHARED(CALLGATE_ANSWER_MS)", ""),
+            ]
+        )
+        await s.set_variables([("ONLY", "one")])  # nothing to save: a plain SET VARIABLE
+        # a value MSet would split, unquote or unescape: each pair on its own, in order
+        await s.set_variables([("A", "x,y"), ("B", 'say "hi"'), ("C", "back\\slash")])
+
+    spec = ChannelSpec(uniqueid="u-mset")
+    emulator = AsteriskEmulator(spec)
+    async with serving(flow) as server:
+        result = await FakeAsterisk("127.0.0.1", server.port).call(spec, emulator)
+    assert result.lines == (
+        "EXEC MSet CALLGATE_ACCOUNT=7000000003,CALLGATE_MAXSEC=3600,SHARED(CALLGATE_ANSWER_MS)=",
+        "SET VARIABLE ONLY one",
+        "SET VARIABLE A x,y",
+        r'SET VARIABLE B "say \"hi\""',
+        r'SET VARIABLE C "back\\slash"',
+    )
+    assert emulator.variables["CALLGATE_ACCOUNT"] == "7000000003"
+    assert emulator.variables["CALLGATE_MAXSEC"] == "3600"
+    assert emulator.shared.get("CALLGATE_ANSWER_MS", "") == ""
+    assert (emulator.variables["A"], emulator.variables["B"]) == ("x,y", 'say "hi"')
+    assert emulator.variables["C"] == "back\\slash"
+    assert emulator.violations == []
+
+
+async def test_an_asterisk_without_mset_gets_set_variable_from_then_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def flow(s: AgiSession) -> None:
+        s.asterisk = "old-box"
+        await s.set_variables([("X", "1"), ("Y", "2")])
+        await s.set_variables([("Z", "3"), ("W", "4")])
+
+    lines: list[tuple[str, ...]] = []
+    emulators: list[AsteriskEmulator] = []
+    caplog.set_level(logging.WARNING, logger="callgate.agi.session")
+    async with serving(flow) as server:
+        for index in range(2):
+            spec = ChannelSpec(uniqueid=f"u-old-{index}")
+            emulator = AsteriskEmulator(spec, missing_apps=["MSet"])
+            result = await FakeAsterisk("127.0.0.1", server.port).call(spec, emulator)
+            lines.append(result.lines)
+            emulators.append(emulator)
+    assert lines[0] == (
+        "EXEC MSet X=1,Y=2",
+        "SET VARIABLE X 1",
+        "SET VARIABLE Y 2",
+        "SET VARIABLE Z 3",
+        "SET VARIABLE W 4",
+    )
+    assert lines[1] == (
+        "SET VARIABLE X 1",
+        "SET VARIABLE Y 2",
+        "SET VARIABLE Z 3",
+        "SET VARIABLE W 4",
+    )
+    for emulator in emulators:
+        assert [emulator.variables[name] for name in "XYZW"] == ["1", "2", "3", "4"]
+    warned = [r.getMessage() for r in caplog.records if "MSet" in r.getMessage()]
+    assert warned == ["Asterisk old-box has no MSet application: setting variables one by one"]
+
+
 async def test_get_data_failure_raises() -> None:
     errors: list[AgiError] = []
 

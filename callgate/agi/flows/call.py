@@ -190,6 +190,15 @@ class CallState:
     surcharge: Rate | None = None  # a second rate billed for the same seconds (DID retail)
     dial_destination: str = ""  # dial this instead of the route's trunk (DID destinations)
     recording: str = ""
+    # variables for the dialplan not sent yet: they go in the same round trip as the next set
+    # (the answer stamp cleared before Dial, or the outcome)
+    pending_vars: dict[str, str | int] = field(default_factory=dict)
+
+    def take_vars(self, *more: tuple[str, str | int]) -> list[tuple[str, str | int]]:
+        """The pending variables followed by ``more``, to send now; none pending afterwards."""
+        pairs = [*self.pending_vars.items(), *more]
+        self.pending_vars.clear()
+        return pairs
 
 
 def dial_string(trunk: TrunkInfo, number: str) -> str:
@@ -577,8 +586,9 @@ class CallFlows:
             len(self._setup_line),
         )
         try:
-            await session.set_variable("CALLGATE_STATUS", "ERROR")
-            await session.set_variable("CALLGATE_HANGUPCAUSE", 42)  # congestion
+            await session.set_variables(
+                [("CALLGATE_STATUS", "ERROR"), ("CALLGATE_HANGUPCAUSE", 42)]  # congestion
+            )
         except AgiError as exc:
             log.debug("cannot tell the dialplan it was shed: %s", exc)
 
@@ -654,7 +664,7 @@ class CallFlows:
                 raise  # the reservation stays open: the reaper settles it from the CDR
             if state.reserved:
                 await self._release(state, "unexpected error before Dial")
-            await self._set_outcome(session, "ERROR")
+            await self._set_outcome(session, "ERROR", state)
             raise
 
     def _new_state(self, session: AgiSession, script: str) -> CallState:
@@ -682,8 +692,8 @@ class CallFlows:
         if self.alerts is not None:  # "channels" alerts see the call now, in the background
             self.alerts.account_changed(account.id)
         try:
-            await session.set_variable("CALLGATE_ACCOUNT", account.number)
-            await session.set_variable("CALLGATE_MAXSEC", state.granted)
+            state.pending_vars["CALLGATE_ACCOUNT"] = account.number
+            state.pending_vars["CALLGATE_MAXSEC"] = state.granted
             if announce:
                 await self._announce(session, state.granted)
             await self._dial_routes(session, state, routes, cap)
@@ -722,7 +732,7 @@ class CallFlows:
                     continue
                 state.route = route
                 state.granted = regranted.granted_seconds
-                await session.set_variable("CALLGATE_MAXSEC", state.granted)
+                state.pending_vars["CALLGATE_MAXSEC"] = state.granted
             for trunk in self._trunk_chain(route.trunk):
                 state.attempt = await self._dial_once(session, state, trunk)
                 if state.attempt.dial_status not in FAILOVER_STATUSES:
@@ -743,7 +753,7 @@ class CallFlows:
         s = self.settings
         args = dial_arguments(s, trunk, state, state.granted)
         await self._before_dial(session, state)
-        await session.set_variable(ANSWER_STAMP, "")
+        await session.set_variables(state.take_vars((ANSWER_STAMP, "")))
         if not state.dialled_out:  # callgate's own latency: the AGI header to the first Dial
             call_metrics.observe_agi_latency((self.clock() - state.started_at).total_seconds())
         state.dialled_out = True
@@ -784,11 +794,11 @@ class CallFlows:
                 exc,
             )
             self._log_call(state, "ERROR", record.cost, f"settle failed: {exc}")
-            await self._set_outcome(session, status)
+            await self._set_outcome(session, status, state)
             return
         await self._after_settle(state, charged_seconds)
         self._log_call(state, status, settled.charged, note)
-        await self._set_outcome(session, status)
+        await self._set_outcome(session, status, state)
 
     def _record(self, state: CallState, status: str) -> CallRecord:
         attempt = state.attempt
@@ -840,7 +850,7 @@ class CallFlows:
         except StoreError as exc:
             log.error("%s: cannot record the refused attempt: %s", state.uniqueid, exc)
         self._log_call(state, status, Decimal(0), reason)
-        await self._set_outcome(session, status)
+        await self._set_outcome(session, status, state)
 
     async def _release(self, state: CallState, reason: str) -> None:
         try:
@@ -849,11 +859,17 @@ class CallFlows:
         except StoreError as exc:
             log.error("%s: cannot release the reservation: %s", state.uniqueid, exc)
 
-    async def _set_outcome(self, session: AgiSession, status: str) -> None:
-        """Tell the dialplan (these variables work after a hangup too); never raises."""
+    async def _set_outcome(
+        self, session: AgiSession, status: str, state: CallState | None = None
+    ) -> None:
+        """Tell the dialplan, with the call's variables not sent yet (these variables work after
+        a hangup too); never raises."""
+        outcome: list[tuple[str, str | int]] = [
+            ("CALLGATE_STATUS", status),
+            ("CALLGATE_HANGUPCAUSE", HANGUP_CAUSES.get(status, 41)),
+        ]
         try:
-            await session.set_variable("CALLGATE_STATUS", status)
-            await session.set_variable("CALLGATE_HANGUPCAUSE", HANGUP_CAUSES.get(status, 41))
+            await session.set_variables(state.take_vars(*outcome) if state else outcome)
         except AgiError as exc:
             log.debug("cannot set CALLGATE_STATUS=%s: %s", status, exc)
 

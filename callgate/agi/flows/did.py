@@ -120,7 +120,7 @@ class DidFlow:
                 raise  # the reservation stays open: the reaper settles it from the CDR
             if state.reserved:
                 await flows._release(state, "unexpected error before Dial")
-            await flows._set_outcome(session, "ERROR")
+            await flows._set_outcome(session, "ERROR", state)
             raise
 
     async def _route_and_dial(self, session: AgiSession, state: CallState, did: Did) -> None:
@@ -178,8 +178,8 @@ class DidFlow:
         state.reserved = True
         state.granted = reserved.granted_seconds
         try:
-            await session.set_variable("CALLGATE_ACCOUNT", account.number)
-            await session.set_variable("CALLGATE_MAXSEC", state.granted)
+            state.pending_vars["CALLGATE_ACCOUNT"] = account.number
+            state.pending_vars["CALLGATE_MAXSEC"] = state.granted
             for trunk in chain:
                 state.attempt = await flows._dial_once(session, state, trunk)
                 if state.attempt.dial_status not in FAILOVER_STATUSES or session.hung_up:
