@@ -573,14 +573,15 @@ async def run_backend(backend: str, args: argparse.Namespace) -> None:
             ceiling = bare.sessions_per_second
             print(f"bare asyncio ceiling, just before {backend}: {_fmt(bare)}", flush=True)
             cpu.start()
-            closed = await run_load(
-                "127.0.0.1",
-                port,
-                calls=args.calls,
-                concurrency=args.concurrency,
-                responder_factory=_answered_at_once,
-                spec_factory=_spec,
-            )
+            async with py_spy(server.proc.pid, args.profile, f"{backend}-closed"):
+                closed = await run_load(
+                    "127.0.0.1",
+                    port,
+                    calls=args.calls,
+                    concurrency=args.concurrency,
+                    responder_factory=_answered_at_once,
+                    spec_factory=_spec,
+                )
             print(f"closed loop, {args.concurrency} in flight: {_fmt(closed)}", flush=True)
             print(cpu.report(closed), flush=True)
             for rate in offered_rates(args.rates, ceiling):
@@ -636,8 +637,9 @@ async def main() -> None:
         "--profile",
         metavar="PREFIX",
         default=None,
-        help="sample callgate serve with py-spy during each open-loop run (pip install py-spy),"
-        " into PREFIX-BACKEND-RATE.txt as collapsed stacks",
+        help="sample callgate serve with py-spy during the closed loop and each open-loop run"
+        " (pip install py-spy), into PREFIX-BACKEND-closed.txt and PREFIX-BACKEND-RATE.txt as"
+        " collapsed stacks",
     )
     args = parser.parse_args()
     args.results = {}

@@ -4,11 +4,12 @@ All of callgate's calls share one event loop. A callback that runs long (a slow 
 reload, a blocking call someone slipped in) holds every call's next AGI command behind it, and the
 only symptom Asterisk sees is a slow Dial. :class:`LoopWatch` makes that visible:
 
-* a loop callback beats every ``interval_ms`` and observes how late it ran into the histogram
-  ``callgate_event_loop_lag_seconds``;
-* a daemon thread looks at the last beat; when the loop has not beaten for ``stall_ms`` it takes
-  the loop thread's stack at that moment (what is holding it), and when the loop beats again it
-  logs one WARNING with how long the hold lasted and that stack, counts it in
+* a loop callback beats every ``interval_ms`` (25) and observes how late it ran into the
+  histogram ``callgate_event_loop_lag_seconds``;
+* a daemon thread looks at the last beat when a stall could first be declared; when the beat is
+  ``stall_ms`` late it takes the loop thread's stack at that moment (what is holding it), and
+  when the loop beats again it logs one WARNING with how late that beat ran (the hold lasted at
+  least that long) and that stack, counts it in
   ``callgate_event_loop_stalls_total`` and keeps the last :data:`KEPT_STALLS` in
   :attr:`LoopWatch.stalls`.
 
@@ -40,7 +41,7 @@ STACK_FRAMES = 12
 class Stall:
     """One hold of the event loop: how long, and what the loop was running when it was seen."""
 
-    held_ms: int
+    held_ms: int  # how late the beat ran: the hold lasted at least this long
     stack: str
 
 
@@ -110,23 +111,29 @@ class LoopWatch:
         self.stalls.append(stall)
         metrics.EVENT_LOOP_STALLS.inc()
         log.warning(
-            "event loop held for %d ms (every live call waited); it was running:\n%s",
+            "event loop held for %d ms or more (every live call waited); it was running:\n%s",
             stall.held_ms,
             stall.stack,
         )
 
     def _watch(self) -> None:
-        step = self.interval_ms / 1000
-        while not self._stopping.wait(step):
+        # wakes when a stall could first be declared, not at every beat: a wake-up costs CPU
+        wait_ms: float = self.interval_ms + self.stall_ms
+        while not self._stopping.wait(wait_ms / 1000):
             with self._lock:
                 last, seen = self._last_beat, self._seen_stack is not None
             late_ms = (time.monotonic() - last) * 1000 - self.interval_ms
-            if seen or late_ms < self.stall_ms:
+            if seen:  # the hold goes on: its beat will report it
+                wait_ms = self.interval_ms
+                continue
+            if late_ms < self.stall_ms:
+                wait_ms = max(1.0, self.stall_ms - late_ms)
                 continue
             stack = self._loop_stack()
             with self._lock:
                 if self._last_beat == last and self._seen_stack is None:
                     self._seen_stack, self._seen_at_beat = stack, last
+            wait_ms = self.interval_ms
 
     def _loop_stack(self) -> str:
         frame = sys._current_frames().get(self._loop_thread_id)

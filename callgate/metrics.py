@@ -115,7 +115,7 @@ AGI_LATENCY = Histogram(
 )
 EVENT_LOOP_LAG = Histogram(
     "callgate_event_loop_lag_seconds",
-    "How late the event loop ran a callback due every 10 ms: every live call waits this long",
+    "How late the event loop ran a callback due every 25 ms: every live call waits this long",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )

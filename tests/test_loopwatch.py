@@ -48,7 +48,9 @@ async def test_a_hold_is_logged_once_with_its_length_and_the_stack_that_held_the
     warnings = [r for r in caplog.records if r.name == "callgate.loopwatch"]
     assert len(warnings) == 1
     message = warnings[0].getMessage()
-    assert message.startswith(f"event loop held for {stall.held_ms} ms (every live call waited)")
+    assert message.startswith(
+        f"event loop held for {stall.held_ms} ms or more (every live call waited)"
+    )
     assert "hold_the_loop_for" in message
 
 
@@ -62,7 +64,7 @@ async def test_a_free_loop_beats_and_reports_no_stall() -> None:
         watch.stop()
     assert list(watch.stalls) == []
     assert _stalls_counted() == counted
-    assert 10 <= _beats_counted() - beats <= 31  # one beat each 10 ms, none lost
+    assert 6 <= _beats_counted() - beats <= 13  # one beat each 25 ms, none lost
 
 
 async def test_holds_shorter_than_the_threshold_are_not_stalls_but_show_as_lag() -> None:
@@ -75,7 +77,7 @@ async def test_holds_shorter_than_the_threshold_are_not_stalls_but_show_as_lag()
     try:
         for _ in range(3):
             await asyncio.sleep(0.03)
-            hold_the_loop_for(0.04)
+            hold_the_loop_for(0.06)
         await asyncio.sleep(0.03)
     finally:
         watch.stop()
@@ -85,7 +87,7 @@ async def test_holds_shorter_than_the_threshold_are_not_stalls_but_show_as_lag()
     )
     assert late is not None and within_20ms is not None
     beats_late = (_beats_counted() - beats) - (within_20ms - late)
-    assert beats_late >= 3  # each 40 ms hold made one beat more than 20 ms late
+    assert beats_late >= 3  # each 60 ms hold made one beat more than 20 ms late
 
 
 async def test_each_hold_is_one_stall_and_only_the_last_ones_are_kept() -> None:
@@ -121,6 +123,6 @@ async def test_stop_ends_the_thread_and_the_beats() -> None:
 def test_the_setting_is_on_at_50_ms_and_0_turns_it_off() -> None:
     assert load_settings(environ={}).agi.loop_stall_ms == 50
     assert load_settings(environ={"CALLGATE_AGI_LOOP_STALL_MS": "0"}).agi.loop_stall_ms == 0
-    for bad in ("-1", "10"):
+    for bad in ("-1", "25"):
         with pytest.raises(SettingsError, match="agi.loop_stall_ms: must be 0 \\(off\\) or more"):
             load_settings(environ={"CALLGATE_AGI_LOOP_STALL_MS": bad})
