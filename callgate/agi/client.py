@@ -340,7 +340,8 @@ def _parse_dial_options(options: str) -> dict[str, str]:
 def split_app_args(text: str) -> list[str]:
     """An application's arguments split the way Asterisk's ``ast_app_separate_args`` does: on
     commas outside parentheses and double quotes; the quotes dropped, a backslash keeps the next
-    character as it is."""
+    character as it is; a trailing comma ends in one more, empty, argument. (Asterisk also keeps
+    commas inside square brackets together; callgate never sends brackets.)"""
     out: list[str] = []
     current: list[str] = []
     depth, quoted, escaped = 0, False, False
