@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -160,6 +161,28 @@ async def test_the_metrics_port_taken_is_a_startup_error(engine: AsyncEngine, db
             raise AssertionError("open_runtime started with its metrics port taken")
     finally:
         await blocker.close()
+
+
+def _watch_threads() -> int:
+    return sum(thread.name == "callgate-loopwatch" for thread in threading.enumerate())
+
+
+async def test_the_loop_watch_runs_with_serve_and_stops_with_it_or_is_off(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    base = load_settings(environ={"CALLGATE_DATABASE_URL": db_url})
+    for stall_ms, watched in ((50, 1), (0, 0)):
+        settings = dataclasses.replace(
+            base, agi=AgiSettings(host="127.0.0.1", port=0, loop_stall_ms=stall_ms)
+        )
+        runtime = await open_runtime(settings, engine=engine, monitoring=True)
+        try:
+            await asyncio.sleep(0.05)  # the spawned watch has started
+            assert (runtime.loopwatch is not None) == bool(watched)
+            assert _watch_threads() == watched
+        finally:
+            await runtime.stop(1)
+        assert _watch_threads() == 0
 
 
 async def test_http_server_answers_only_metrics() -> None:
