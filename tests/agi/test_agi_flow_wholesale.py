@@ -245,6 +245,14 @@ def _index(lines: Sequence[str], start: str) -> int:
     return next(i for i, line in enumerate(lines) if line.startswith(start))
 
 
+def _just_before_dial(lines: Sequence[str]) -> str:
+    """The command just before the first Dial: the one MSet of the dialplan's variables, the
+    presented caller ID and the cleared answer stamp."""
+    line = lines[_index(lines, "EXEC Dial") - 1]
+    assert line.startswith("EXEC MSet "), line
+    return line
+
+
 # ---------------------------------------------------------------- IP authentication
 
 
@@ -294,7 +302,7 @@ async def test_longest_tech_prefix_wins_and_is_stripped(world: World) -> None:
     assert shorter.variables["CALLGATE_ACCOUNT"] == "1000000002"
     lines = _verbs(result)
     assert shorter.variables["CALLERID(num)"] == "15550000"
-    assert _index(lines, "SET VARIABLE CALLERID(num)") < _index(lines, "EXEC Dial")
+    assert ",CALLERID(num)=15550000," in _just_before_dial(lines)
     # no tech prefix matches on the shared address: not identified
     none = _emu("tp-3", source="198.51.100.7:5060", extension="442079460000")
     assert (await world.call(none)).ok
@@ -426,7 +434,7 @@ async def test_cli_rules_deny_allow_and_rewrite_before_dial(world: World) -> Non
     result = await world.call(rewritten)
     lines = _verbs(result)
     assert rewritten.variables["CALLERID(num)"] == "442079460000"
-    assert _index(lines, "SET VARIABLE CALLERID(num)") < _index(lines, "EXEC Dial")
+    assert ",CALLERID(num)=442079460000," in _just_before_dial(lines)
     assert (await world.row("cli-3"))["callerid"] == "02079460000"  # the record keeps the original
 
 

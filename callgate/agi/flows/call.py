@@ -915,9 +915,10 @@ class CallFlows:
             log.error("%s: cannot release the package hold: %s", state.uniqueid, exc)
 
     async def _before_dial(self, session: AgiSession, state: CallState) -> None:
-        """Present the rewritten caller ID and start the recording, once, before Dial."""
+        """Present the rewritten caller ID (it goes with the stamp cleared next, in the same
+        round trip) and start the recording, once, before Dial."""
         if state.presented_callerid and not state.callerid_set:
-            await session.set_variable("CALLERID(num)", state.presented_callerid)
+            state.pending_vars["CALLERID(num)"] = state.presented_callerid
             state.callerid_set = True
         route = state.route
         folder = self.settings.recordings_dir
