@@ -31,42 +31,42 @@ from callgate.agi.client import AsteriskEmulator, ChannelSpec, DialOutcome, Load
 from callgate.agi.codec import encode_command
 from callgate.agi.flows.call import ANSWER_STAMP, OUTCOME_EXPR
 from callgate.agi.server import AgiServer
-from callgate.agi.session import MAX_LINE_BYTES, AgiSession
+from callgate.agi.session import MAX_LINE_BYTES, AgiSession, mset_args
 
 LIMIT = "L(3600000:60000:30000)"
 
 
-BEFORE_DIAL = ("CALLGATE_ACCOUNT=acct-1001", "CALLGATE_MAXSEC=3600", f"{ANSWER_STAMP}=")
-OUTCOME = ("CALLGATE_STATUS=OK", "CALLGATE_HANGUPCAUSE=16")
+BEFORE_DIAL: list[tuple[str, str | int]] = [
+    ("CALLGATE_ACCOUNT", "acct-1001"),
+    ("CALLGATE_MAXSEC", 3600),
+    (ANSWER_STAMP, ""),
+]
+OUTCOME: list[tuple[str, str | int]] = [("CALLGATE_STATUS", "OK"), ("CALLGATE_HANGUPCAUSE", 16)]
 
 
 def commands_for(uniqueid: str, extension: str) -> list[bytes]:
     """The command lines of one bare call, as the raw server sends them."""
     return [
-        encode_command("EXEC", "MSet", ",".join(BEFORE_DIAL)),
+        encode_command("EXEC", "MSet", mset_args(BEFORE_DIAL)),
         encode_command(
             "EXEC", "Dial", f"PJSIP/{extension}@carrier,60,U(callgate-answered^{uniqueid}){LIMIT}"
         ),
         encode_command("GET FULL VARIABLE", OUTCOME_EXPR),
-        encode_command("EXEC", "MSet", ",".join(OUTCOME)),
+        encode_command("EXEC", "MSet", mset_args(OUTCOME)),
     ]
-
-
-def _pairs(entries: tuple[str, ...]) -> list[tuple[str, str | int]]:
-    return [(name, value) for name, _, value in (entry.partition("=") for entry in entries)]
 
 
 async def bare_flow(session: AgiSession) -> None:
     """The same commands through AgiSession."""
     env = session.env
-    await session.set_variables(_pairs(BEFORE_DIAL))
+    await session.set_variables(BEFORE_DIAL)
     await session.exec(
         "Dial",
         f"PJSIP/{env.extension}@carrier,60,U(callgate-answered^{env.uniqueid}){LIMIT}",
         timeout_ms=4 * 3600 * 1000,
     )
     await session.get_full_variable(OUTCOME_EXPR)
-    await session.set_variables(_pairs(OUTCOME))
+    await session.set_variables(OUTCOME)
 
 
 async def raw_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

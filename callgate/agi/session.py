@@ -72,6 +72,11 @@ def _plain(name: str, value: str) -> bool:
     return PLAIN_NAME.fullmatch(name) is not None and PLAIN_VALUE.fullmatch(value) is not None
 
 
+def mset_args(pairs: Sequence[tuple[str, str | int]]) -> str:
+    """The argument of ``EXEC MSet`` that sets ``pairs`` (plain names and values only)."""
+    return ",".join(f"{name}={value}" for name, value in pairs)
+
+
 #: The uniqueid of the call the current task serves ("-" outside a call), for logging.
 current_uniqueid: contextvars.ContextVar[str] = contextvars.ContextVar(
     "callgate_agi_uniqueid", default="-"
@@ -520,8 +525,7 @@ class AgiSession:
             and self.asterisk not in _NO_MSET
             and all(_plain(name, value) for name, value in texts)
         ):
-            args = ",".join(f"{name}={value}" for name, value in texts)
-            if await self.exec("MSet", args) != -2:
+            if await self.exec("MSet", mset_args(texts)) != -2:
                 return
             _NO_MSET.add(self.asterisk)
             log.warning(
